@@ -1,0 +1,49 @@
+# Two commands for a newcomer: `make run` and `make test` (README.md).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PROFILE ?= profiles/local
+SNAKEMAKE_ARGS ?=
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: run test test-fast dry-run benchmark clean help
+
+help:
+	@echo "make run        venv + install + run the pipeline on the default (mock) config"
+	@echo "make test       venv + install with test extras + run the whole test suite"
+	@echo "make dry-run    show the jobs the pipeline would run"
+	@echo "make benchmark  run the ratio benchmarks in benchmarks/"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade --quiet pip
+
+# Reinstall when the dependency list changes.
+$(VENV)/.installed-run: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@ $(VENV)/.installed-run
+
+run: $(VENV)/.installed-run
+	$(BIN)/snakemake --profile $(PROFILE) $(SNAKEMAKE_ARGS)
+	@echo
+	@echo "Results are in $(CURDIR)/results/:"
+	@echo "  catalogue shards     results/catalog/*.parquet (mock truth: results/truth/)"
+	@echo "  candidates           results/candidates/*.parquet"
+	@echo "  selection report     results/candidates/selection_report.md (+ .csv, colour_colour.png)"
+	@test ! -f results/evaluation/selection_truth.md || echo "  selection vs truth   results/evaluation/selection_truth.md"
+
+dry-run: $(VENV)/.installed-run
+	$(BIN)/snakemake --profile $(PROFILE) --dry-run $(SNAKEMAKE_ARGS)
+
+test: $(VENV)/.installed-test
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+benchmark: $(VENV)/.installed-test
+	$(BIN)/python -m benchmarks.select_streaming
+
+clean:
+	rm -rf results .snakemake

@@ -1,0 +1,42 @@
+# Helpers shared by all rules: shard expansion, path helpers, params as JSON.
+import json
+
+from workflow_scripts.catalog import check_source_ready
+
+SHARDS = list(config["shards"])
+MOCK = config["source"] == "mock"
+RESULTS = "results"
+
+# Fail before any job when the source cannot work (e.g. HSC credentials missing).
+try:
+    check_source_ready(config)
+except Exception as exc:  # the message is written for the user; it never contains a password
+    raise WorkflowError(str(exc)) from None
+
+wildcard_constraints:
+    shard="|".join(SHARDS),
+
+
+def as_json(value):
+    """A config section as canonical JSON: a stable `params:` value for the params rerun trigger."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def shard_spec(wildcards):
+    return as_json(config["shards"][wildcards.shard])
+
+
+def per_shard(pattern):
+    return expand(pattern, shard=SHARDS)
+
+
+def all_outputs():
+    targets = per_shard(f"{RESULTS}/catalog/{{shard}}.parquet")
+    targets += per_shard(f"{RESULTS}/candidates/{{shard}}.parquet")
+    targets += [
+        f"{RESULTS}/candidates/selection_report.md",
+        f"{RESULTS}/candidates/colour_colour.png",
+    ]
+    if MOCK:
+        targets += [f"{RESULTS}/evaluation/selection_truth.md"]
+    return targets
