@@ -63,9 +63,9 @@ def _describe(error: jsonschema.ValidationError, schema: dict) -> str:
     if error.validator == "oneOf" and error.absolute_path and error.absolute_path[0] == "shards":
         return (f"key '{where}': a shard is either a box {{ra: [min, max], dec: [min, max]}} "
                 f"or an HSC tract {{tract: N}}; got {error.instance!r}")
-    if error.validator == "propertyNames":
+    if error.validator == "pattern" and list(error.absolute_path) == ["shards"]:  # from propertyNames
         return (f"key '{where}': shard name {error.instance!r} must match "
-                f"{error.schema.get('pattern', '')} (letters, digits, _ and -)")
+                f"{error.validator_value} (letters, digits, _ and -)")
     return f"key '{where}': {error.message}"
 
 

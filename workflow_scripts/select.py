@@ -70,8 +70,9 @@ def derive_photometry(df: pd.DataFrame, nondetection_snr: float, limit_snr: floa
             limit = -2.5 * np.log10(np.where(err > 0, limit_snr * err, np.nan))
         out[f"{b}_snr"] = snr
         out[f"{b}_detected"] = detected
+            magerr = np.where(detected, _MAG_ERR_PER_INV_SNR / snr, np.nan)
         out[f"{b}_mag"] = np.where(detected, measured, limit) + NJY_ZEROPOINT_MAG - ext
-        out[f"{b}_magerr"] = np.where(detected, _MAG_ERR_PER_INV_SNR / snr, np.nan)
+        out[f"{b}_magerr"] = magerr
         out[f"{b}_mag_is_limit"] = ~detected
     for blue, red in COLOURS:
         name = f"{blue}_minus_{red}"

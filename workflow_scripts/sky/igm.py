@@ -99,7 +99,12 @@ def _tau_dla_lc(lam: np.ndarray, z: float) -> np.ndarray:
 def igm_transmission(wave_obs: np.ndarray, z: float) -> np.ndarray:
     """Mean IGM transmission exp(-τ) at observed wavelengths *wave_obs* [Å] for a source at *z*."""
     lam = np.asarray(wave_obs, float)
+    out = np.ones_like(lam)
     if z <= 0:
-        return np.ones_like(lam)
-    tau = _tau_lyman_series(lam, z) + _tau_laf_lc(lam, z) + _tau_dla_lc(lam, z)
-    return np.exp(-np.clip(tau, 0.0, 700.0))
+        return out
+    blue = lam < _TABLE2[0, 0] * (1.0 + z)  # no H I absorption redward of the source's Lyα
+    if blue.any():
+        lb = lam[blue]
+        tau = _tau_lyman_series(lb, z) + _tau_laf_lc(lb, z) + _tau_dla_lc(lb, z)
+        out[blue] = np.exp(-np.clip(tau, 0.0, 700.0))
+    return out

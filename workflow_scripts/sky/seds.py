@@ -52,20 +52,22 @@ def quasar_rest_template() -> tuple[np.ndarray, np.ndarray]:
     f1450 = np.median(fv[(lv > 1440) & (lv < 1460)])
     cont = f1450 * (lam / 1450.0) ** (-2.0 - QSO_ALPHA_NU)
     blue = lam < LYA
-    mirror = np.interp(2 * LYA - lam, lam, flux) - f1450 * ((2 * LYA - lam) / 1450.0) ** (-2.0 - QSO_ALPHA_NU)
+    red_side = np.clip(2 * LYA - lam, 300.0, None)
+    mirror = np.interp(red_side, lam, flux) - f1450 * (red_side / 1450.0) ** (-2.0 - QSO_ALPHA_NU)
     wing = np.where(LYA - lam < 20.0, np.clip(mirror, 0.0, None), 0.0)
     flux = np.where(blue, cont + wing, flux)
     return lam, flux / f1450
 
 
-def quasar_flam(z: float, dalpha: float = 0.0) -> np.ndarray:
+def quasar_flam(z: float, dalpha: float | np.ndarray = 0.0) -> np.ndarray:
     """Observed-frame quasar f_lambda on ``WAVE`` at redshift *z*, with the continuum slope
     changed by *dalpha* (f_nu ∝ nu^(alpha + dalpha)) and Inoue et al. 2014 IGM absorption.
-    Units: rest f_lambda(1450) = 1 (arbitrary)."""
+    Units: rest f_lambda(1450) = 1 (arbitrary).  Array *dalpha* gives one row per value."""
     lam, flux = quasar_rest_template()
     rest = WAVE / (1.0 + z)
-    f = np.interp(rest, lam, flux) * (rest / 1450.0) ** (-dalpha)
-    return f * igm_transmission(WAVE, z)
+    f = np.interp(rest, lam, flux) * igm_transmission(WAVE, z)
+    da = np.asarray(dalpha, float)
+    return f * (rest / 1450.0) ** (-da[..., None]) if da.ndim else f * (rest / 1450.0) ** (-da)
 
 
 # --------------------------------------------------------------------------- galaxies
@@ -79,36 +81,43 @@ GALAXY_DUST_LEVELS: tuple[float, ...] = (0.0, 0.05, 0.15, 0.3, 0.5, 0.8)
 _LINES = ((3727.0, 40.0), (4861.3, 20.0), (4958.9, 20.0), (5006.8, 60.0), (6562.8, 100.0), (6583.4, 30.0))
 
 
-def galaxy_rest_flam(lam_rest: np.ndarray, young: float, dust: float, beta: float = -2.2,
-                     lya_ew: float = 0.0) -> np.ndarray:
-    """Parametric stellar-population-like continuum (rest frame, f_lambda, =1 at 5500 Å).
+def galaxy_components(lam_rest: np.ndarray, beta: float | np.ndarray = -2.2) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Rest-frame building blocks of the parametric galaxy SED, each =1 at 5500 Å:
+    (old continuum, young continuum, nebular-line profile per unit EW·young, Calzetti k(λ)).
 
-    old: 4500 K photosphere with a 4000 Å break (flux ×0.45 blueward, the D4000≈2 of passive
-    galaxies) and a steep UV decline; young: UV power law f_lambda ∝ λ^beta with an intrinsic
-    Lyman break.  Nebular lines have EW ∝ young fraction.  Dust: Calzetti et al. 2000.
+    old: 4500 K photosphere with a 4000 Å break (×0.45 blueward, D4000≈2 as in passive
+    galaxies); young: UV power law f_lambda ∝ λ^beta (beta≈-2.2 for star-forming galaxies)
+    with an intrinsic Lyman break; lines: [O II], Hβ, [O III], Hα, [N II] with EWs typical of
+    star-forming galaxies; dust: Calzetti et al. 2000.
     """
     lam = np.asarray(lam_rest, float)
-    old = blackbody_flam(np.array([4500.0]), lam)[0]
-    old = old * (0.45 + 0.55 / (1.0 + np.exp(-(lam - 4000.0) / 60.0)))
-    old /= np.interp(5500.0, lam, old) if lam.min() < 5500 < lam.max() else blackbody_flam(np.array([4500.0]), np.array([5500.0]))[0, 0] * 1.0
-    young_c = (lam / 5500.0) ** beta * np.where(lam < 912.0, 0.1, 1.0)
-    f = (1.0 - young) * old + young * young_c
+    bb = blackbody_flam(np.array([4500.0]), np.append(lam, 5500.0))[0]
+    old = bb[:-1] / bb[-1] * (0.45 + 0.55 / (1.0 + np.exp(-(lam - 4000.0) / 60.0)))
+    b = np.asarray(beta, float)
+    young = (lam / 5500.0) ** (b[..., None] if b.ndim else b) * np.where(lam < 912.0, 0.1, 1.0)
     lines = np.zeros_like(lam)
     for lc, ew in _LINES:
-        sig = lc * 150.0 / 3e5 + 3.0  # ~150 km/s plus a few Å so the log grid resolves it
-        lines += young * ew * np.exp(-0.5 * ((lam - lc) / sig) ** 2) / (np.sqrt(2 * np.pi) * sig)
-    if lya_ew != 0.0:  # Lyα emission (>0) or absorption (<0) on the UV continuum, for LBGs
-        sig = 6.0
-        lines += lya_ew * np.exp(-0.5 * ((lam - LYA) / sig) ** 2) / (np.sqrt(2 * np.pi) * sig)
-    cont_here = np.interp(lam, lam, f)
-    f = f + lines * cont_here
-    return np.clip(f, 0.0, None) * 10.0 ** (-0.4 * calzetti_k(lam) * dust)
+        sig = lc * 150.0 / 3e5 + 3.0  # ~150 km/s, broadened to be resolved by the grid
+        lines += ew * np.exp(-0.5 * ((lam - lc) / sig) ** 2) / (np.sqrt(2 * np.pi) * sig)
+    return old, young, lines, calzetti_k(lam)
 
 
-def galaxy_flam(z: float, young: float, dust: float, beta: float = -2.2, lya_ew: float = 0.0) -> np.ndarray:
-    """Observed-frame galaxy f_lambda on ``WAVE`` at *z* including Inoue et al. 2014 IGM."""
+def galaxy_flam(z: float, young_frac: np.ndarray, dust: np.ndarray, beta: float | np.ndarray = -2.2,
+                lya_ew: float | np.ndarray = 0.0) -> np.ndarray:
+    """Observed-frame galaxy f_lambda on ``WAVE`` at *z* (Inoue et al. 2014 IGM applied) for
+    arrays of young fractions and Calzetti E_s(B-V) (broadcast together): (n, n_wave).
+
+    *beta* and *lya_ew* may be arrays broadcast with the others; *lya_ew* [Å, rest] adds Lyα emission (>0) or absorption (<0), used for z~6 LBGs.
+    """
     rest = WAVE / (1.0 + z)
-    return galaxy_rest_flam(rest, young, dust, beta, lya_ew) * igm_transmission(WAVE, z)
+    old, yng, lines, k = galaxy_components(rest, np.atleast_1d(np.asarray(beta, float)))
+    yf = np.atleast_1d(np.asarray(young_frac, float))[:, None]
+    ds = np.atleast_1d(np.asarray(dust, float))[:, None]
+    ew = np.atleast_1d(np.asarray(lya_ew, float))[:, None]
+    cont = (1.0 - yf) * old + yf * yng
+    lya = ew * np.exp(-0.5 * ((rest - LYA) / 6.0) ** 2) / (np.sqrt(2 * np.pi) * 6.0)
+    f = cont * (1.0 + yf * lines + lya)
+    return np.clip(f, 0.0, None) * 10.0 ** (-0.4 * k * ds) * igm_transmission(WAVE, z)
 
 
 # --------------------------------------------------------------------------- brown dwarfs
