@@ -10,6 +10,8 @@ if MOCK:
             spec=shard_spec,
             seed=config["seed"],
             sky=as_json(config["sky"]),
+        conda:
+            "../envs/catalog.yaml"
         log:
             f"{RESULTS}/logs/catalog/{{shard}}.log",
         benchmark:
@@ -30,6 +32,8 @@ else:
         params:
             spec=shard_spec,
             hsc=as_json(config["hsc"]),
+        conda:
+            "../envs/catalog.yaml"
         log:
             f"{RESULTS}/logs/catalog/{{shard}}.log",
         benchmark:

@@ -10,6 +10,8 @@ rule select:
         sample=f"{RESULTS}/candidates/{{shard}}.colour_sample.parquet",
     params:
         select=as_json(config["select"]),
+    conda:
+        "../envs/catalog.yaml"
     log:
         f"{RESULTS}/logs/select/{{shard}}.log",
     benchmark:
@@ -33,6 +35,8 @@ rule selection_report:
         figure=f"{RESULTS}/candidates/colour_colour.png",
     params:
         select=as_json(config["select"]),
+    conda:
+        "../envs/catalog.yaml"
     log:
         f"{RESULTS}/logs/selection_report.log",
     resources:
@@ -59,6 +63,8 @@ if MOCK:
         params:
             select=as_json(config["select"]),
             enrichment=config["sky"]["enrichment"],
+        conda:
+            "../envs/catalog.yaml"
         log:
             f"{RESULTS}/logs/evaluate_selection.log",
         resources:

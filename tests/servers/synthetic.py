@@ -54,5 +54,6 @@ def make_catalog(
 
 
 def catalog_table(df: pd.DataFrame) -> pa.Table:
-    """*df*'s contract columns as an Arrow table with ``CATALOG_SCHEMA``."""
-    return pa.Table.from_pandas(df[list(CATALOG_COLUMNS)], schema=CATALOG_SCHEMA, preserve_index=False)
+    """*df*'s contract columns as an Arrow table with ``CATALOG_SCHEMA`` (NaN stays NaN)."""
+    # pa.array(numpy) keeps NaN as NaN (from_pandas would turn it into null).
+    return pa.table([pa.array(df[f.name].to_numpy(), type=f.type) for f in CATALOG_SCHEMA], schema=CATALOG_SCHEMA)

@@ -274,22 +274,24 @@ def csv_to_parquet(
             raise ContractError(f"{src.name}: duplicate column names in CAS result header")
         as_read = pa.schema([(c, CATALOG_SCHEMA.field(c).type if c in CATALOG_COLUMNS else pa.string()) for c in header])
         check_catalog_schema(as_read, src.name)
-        reader = pacsv.open_csv(
-            fh,
-            read_options=pacsv.ReadOptions(column_names=header, block_size=block_size),
-            parse_options=pacsv.ParseOptions(newlines_in_values=False),
-            convert_options=pacsv.ConvertOptions(
-                column_types={c: CATALOG_SCHEMA.field(c).type for c in CATALOG_COLUMNS},
-                include_columns=list(CATALOG_COLUMNS),
-                true_values=TRUE_VALUES,
-                false_values=FALSE_VALUES,
-                null_values=NULL_VALUES,
-                strings_can_be_null=True,
-            ),
+        read_options = pacsv.ReadOptions(column_names=header, block_size=block_size)
+        convert_options = pacsv.ConvertOptions(
+            column_types={c: CATALOG_SCHEMA.field(c).type for c in CATALOG_COLUMNS},
+            include_columns=list(CATALOG_COLUMNS),
+            true_values=TRUE_VALUES,
+            false_values=FALSE_VALUES,
+            null_values=NULL_VALUES,
+            strings_can_be_null=True,
         )
         with atomic_path(out_path) as tmp:
             with pq.ParquetWriter(tmp, CATALOG_SCHEMA, compression="zstd") as writer:
                 try:
+                    reader = pacsv.open_csv(
+                        fh,
+                        read_options=read_options,
+                        parse_options=pacsv.ParseOptions(newlines_in_values=False),
+                        convert_options=convert_options,
+                    )
                     for batch in reader:
                         writer.write_batch(_conform(batch))
                         rows += batch.num_rows
