@@ -57,4 +57,14 @@ def test_snakemake_stops_before_any_job_on_a_bad_config(tmp_path):
 
 def test_readme_configuration_table_is_generated_from_the_schema():
     readme = (ROOT / "README.md").read_text()
-    assert schema_markdown() in readme, "regenerate with: python -m workflow_scripts.config --markdown"
+    assert schema_markdown() in readme, "regenerate with: python -m workflow_scripts.config --update-readme README.md"
+
+
+def test_command_line_strings_are_coerced_to_schema_types():
+    # `snakemake --config select='{i_dropout: {max_mag_z: 24.0}}'` delivers nested values as strings
+    cfg = validate_config({"shards": BOX, "seed": "3", "select": {"i_dropout": {"max_mag_z": "24.0", "enabled": "false",
+                                                                                 "max_z_minus_y": "null"}}})
+    assert cfg["seed"] == 3 and cfg["select"]["i_dropout"]["max_mag_z"] == 24.0
+    assert cfg["select"]["i_dropout"]["enabled"] is False and cfg["select"]["i_dropout"]["max_z_minus_y"] is None
+    with pytest.raises(ConfigError, match="max_mag_z"):
+        validate_config({"shards": BOX, "select": {"i_dropout": {"max_mag_z": "faint"}}})

@@ -20,7 +20,7 @@ import pytest
 
 from tests.servers.hsc_cas import add_tract_patch, start_cas_server
 from tests.servers.synthetic import catalog_table, make_catalog
-from workflow_scripts.contracts import BANDS, CATALOG_COLUMNS, CATALOG_SCHEMA, ContractError
+from workflow_scripts.contracts import CATALOG_COLUMNS, CATALOG_SCHEMA, ContractError
 from workflow_scripts.services.credentials import Credentials, MissingCredentialsError, get_credentials
 from workflow_scripts.services.hsc_cas import (
     CLIENT_VERSION,
@@ -37,6 +37,7 @@ from workflow_scripts.services.http import (
     RetryPolicy,
     ServiceUnavailableError,
     TruncatedResponseError,
+    make_session,
     scrub,
 )
 
@@ -59,6 +60,9 @@ class Sleeps(list):
 def make_client(url: str, password: str = PASSWORD, **kwargs) -> HscCasClient:
     kwargs.setdefault("sleep", Sleeps())
     kwargs.setdefault("timeout_s", 5)
+    session = make_session()
+    session.trust_env = False  # a CI HTTP_PROXY must not capture 127.0.0.1
+    kwargs.setdefault("session", session)
     return HscCasClient(url, Credentials(USER, password, source="test"), **kwargs)
 
 
@@ -287,7 +291,7 @@ def test_round_trip_ra_wrap_and_tract(tmp_path):
 def test_preview_and_from_config(server):
     cfg = {"cas_url": server.url, "release_version": "pdr3", "schema": "pdr3_wide", "out_format": "csv.gz",
            "timeout_s": 5, "max_retries": 2, "poll_max_interval_s": 30, "das_url": "ignored"}
-    client = HscCasClient.from_config(cfg, Credentials(USER, PASSWORD), sleep=Sleeps())
+    client = HscCasClient.from_config(cfg, Credentials(USER, PASSWORD), sleep=Sleeps(), session=make_client(server.url)._session)
     assert (client.out_format, client.poll_max_s, client.schema) == ("csv.gz", 30.0, "pdr3_wide")
     assert PASSWORD not in repr(client)
     result = client.preview("SELECT object_id, ra FROM pdr3_wide.forced")
@@ -450,3 +454,76 @@ def test_scrub_removes_encoded_forms():
     assert PASSWORD.replace('"', '\\"') in text
     cleaned = scrub(text, [PASSWORD])
     assert "Zq9" not in cleaned and cleaned.count("***") == 2
+
+
+def test_netrc_is_not_sent_as_http_basic_auth(server, clean_env, monkeypatch):
+    """requests would add netrc Basic auth on its own; the CAS body carries the credential."""
+    _write_netrc(clean_env, f"machine 127.0.0.1 login {USER} password {PASSWORD}\n")
+    for var in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    client = HscCasClient(server.url, get_credentials(server.url), sleep=Sleeps(), timeout_s=5)
+    client.status(client.submit("SELECT object_id FROM pdr3_wide.forced"))
+    assert [r["http_auth"] for r in server.requests] == [False, False]
+
+
+# ---------------------------------------------------------------------------- CLI
+def test_cli_simulates_config_shards(monkeypatch, catalog):
+    """The CLI's catalogue comes from workflow_scripts.sky per config shard (stubbed here)."""
+    import sys
+    import types
+
+    from tests.servers import hsc_cas as server_module
+
+    calls = []
+    fake = types.ModuleType("workflow_scripts.sky")
+    fake.SkyBox = lambda *box: box
+    fake.SkyConfig = types.SimpleNamespace(from_dict=lambda d: ("sky", tuple(sorted(d))))
+
+    def simulate_shard(box, *, shard_name, seed, sky):
+        calls.append((box, shard_name, seed, sky))
+        part = catalog.iloc[:100] if shard_name == "a" else catalog.iloc[100:150]
+        return part, pd.DataFrame({"object_id": part["object_id"]})
+
+    fake.simulate_shard = simulate_shard
+    monkeypatch.setitem(sys.modules, "workflow_scripts.sky", fake)
+    config = {"seed": 7, "sky": {"density": 1}, "shards": {"a": {"ra": [1, 2], "dec": [3, 4]}, "b": {"ra": [5, 6], "dec": [7, 8]}}}
+    df = server_module.simulate_config_catalog(config)
+    assert len(df) == 150
+    assert calls == [((1, 2, 3, 4), "a", 7, ("sky", ("density",))), ((5, 6, 7, 8), "b", 7, ("sky", ("density",)))]
+
+
+def test_cli_serves_until_terminated(tmp_path):
+    """End to end through ``python -m tests.servers.hsc_cas`` (needs workflow_scripts.sky)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    sky = pytest.importorskip("workflow_scripts.sky")
+    if not hasattr(sky, "simulate_shard"):
+        pytest.skip("workflow_scripts.sky.simulate_shard not written yet")
+    config = {"seed": 3, "sky": {}, "shards": {"s1": {"ra": [150.0, 150.05], "dec": [2.0, 2.05]}}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    port_file = tmp_path / "port"
+    env = dict(os.environ, LOOPBACK_PW=PASSWORD, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.servers.hsc_cas", "--config", str(tmp_path / "config.yaml"),
+         "--port-file", str(port_file), "--user", USER, "--password-env", "LOOPBACK_PW"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 50
+        while not port_file.exists():
+            assert proc.poll() is None, proc.stdout.read()
+            assert time.monotonic() < deadline, "loopback CAS did not start"
+            time.sleep(0.1)
+        url = f"http://127.0.0.1:{int(port_file.read_text())}/datasearch/api/catalog_jobs/"
+        rows = make_client(url).query_to_parquet(build_shard_query(config["shards"]["s1"]), tmp_path / "s1.parquet")
+        assert rows == pq.read_metadata(tmp_path / "s1.parquet").num_rows
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output = proc.communicate(timeout=10)[0]
+    assert proc.returncode == 0, output
+    assert PASSWORD not in output

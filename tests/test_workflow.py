@@ -23,7 +23,8 @@ TINY = {
 
 
 def snakemake(workdir: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    environ = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", **(env or {})}
+    environ = {**os.environ, **(env or {})}
+    environ["PATH"] = f"{Path(sys.executable).parent}:{environ['PATH']}"  # rules call `python`
     return subprocess.run(
         [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(workdir),
          "--profile", str(ROOT / "profiles" / "local"), *args],

@@ -78,12 +78,43 @@ def _fill_defaults(instance: dict, schema: dict) -> None:
             _fill_defaults(instance[key], sub)
 
 
+def _coerce_scalar(value: str, types: list[str]):
+    """A string from `snakemake --config` (which parses nested values as strings) in the schema's type."""
+    parsed = yaml.safe_load(value) if value.strip() else value
+    if isinstance(parsed, bool):
+        return parsed if "boolean" in types else value
+    if isinstance(parsed, int) and ("integer" in types or "number" in types):
+        return parsed
+    if isinstance(parsed, float) and "number" in types:
+        return parsed
+    if parsed is None and "null" in types:
+        return None
+    return value
+
+
+def _coerce_strings(instance, schema: dict):
+    """Walk *instance* alongside *schema*, converting numeric/boolean strings where a number/boolean is expected."""
+    if isinstance(instance, dict):
+        for key, value in instance.items():
+            sub = _subschema(schema, [key])
+            instance[key] = _coerce_strings(value, sub)
+        return instance
+    if isinstance(instance, list):
+        return [_coerce_strings(v, schema.get("items", {})) for v in instance]
+    if isinstance(instance, str):
+        types = schema.get("type", [])
+        types = [types] if isinstance(types, str) else list(types)
+        if set(types) & {"number", "integer", "boolean", "null"}:
+            return _coerce_scalar(instance, types)
+    return instance
+
+
 def validate_config(config: dict, schema: dict | None = None, source_name: str = "config") -> dict:
     """Return a validated copy of *config* with defaults filled; raise ConfigError listing every problem."""
     schema = schema if schema is not None else load_schema()
     if not isinstance(config, dict):
         raise ConfigError(f"{source_name}: expected a mapping of keys, got {type(config).__name__}")
-    resolved = copy.deepcopy(config)
+    resolved = _coerce_strings(copy.deepcopy(config), schema)
     _fill_defaults(resolved, schema)
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(resolved), key=lambda e: list(map(str, e.absolute_path)))
@@ -155,12 +186,30 @@ def schema_markdown(schema: dict | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+README_MARKERS = ("<!-- config-table:start -->\n", "<!-- config-table:end -->")
+
+
+def update_readme(path: Path) -> None:
+    """Replace the README's configuration table (between the markers) with the one generated from the schema."""
+    text = path.read_text()
+    start, end = README_MARKERS
+    head, _, rest = text.partition(start)
+    _, _, tail = rest.partition(end)
+    if not rest:
+        raise ConfigError(f"{path}: markers {start.strip()} ... {end} not found")
+    path.write_text(head + start + schema_markdown() + end + tail)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--validate", metavar="CONFIG", help="validate a config file and print the resolved config")
     group.add_argument("--markdown", action="store_true", help="print the configuration table for the README")
+    group.add_argument("--update-readme", metavar="README", help="rewrite the table between the config-table markers")
     args = parser.parse_args(argv)
+    if args.update_readme:
+        update_readme(Path(args.update_readme))
+        return 0
     if args.markdown:
         sys.stdout.write(schema_markdown())
         return 0

@@ -68,9 +68,9 @@ def derive_photometry(df: pd.DataFrame, nondetection_snr: float, limit_snr: floa
             detected = snr >= nondetection_snr
             measured = -2.5 * np.log10(np.where(detected, flux, np.nan))
             limit = -2.5 * np.log10(np.where(err > 0, limit_snr * err, np.nan))
+            magerr = np.where(detected, _MAG_ERR_PER_INV_SNR / snr, np.nan)
         out[f"{b}_snr"] = snr
         out[f"{b}_detected"] = detected
-            magerr = np.where(detected, _MAG_ERR_PER_INV_SNR / snr, np.nan)
         out[f"{b}_mag"] = np.where(detected, measured, limit) + NJY_ZEROPOINT_MAG - ext
         out[f"{b}_magerr"] = magerr
         out[f"{b}_mag_is_limit"] = ~detected

@@ -151,7 +151,7 @@ class CasServer:
         self.base_path = base_path if base_path.endswith("/") else base_path + "/"
         self.preview_rows = preview_rows
         self.faults = faults or Faults()
-        #: Every request seen: {"op", "body"} with the password replaced by "***".
+        #: Every request seen: {"op", "body", "http_auth"}, the body's password replaced by "***".
         self.requests: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._jobs: dict[int, _Job] = {}
@@ -161,7 +161,9 @@ class CasServer:
         self._bool_columns: set[str] = set()
         self.load_catalog(catalog_df)
         self._httpd = _HTTPServer((host, port), _Handler, self)
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="cas-loopback", daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="cas-loopback", daemon=True
+        )
         self._thread.start()
 
     # ------------------------------------------------------------------ lifecycle
@@ -268,7 +270,7 @@ class CasServer:
         cred = body.get("credential") or {}
         logged = dict(body, credential={"account_name": cred.get("account_name"), "password": "***"})
         with self._lock:
-            self.requests.append({"op": op, "body": logged})
+            self.requests.append({"op": op, "body": logged, "http_auth": "Authorization" in handler.headers})
         if self.faults.reject_auth or cred.get("account_name") != self.user or cred.get("password") != self._password:
             handler.send_text(401, "invalid id or password")
             return

@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import requests
+import requests.adapters
+import requests.auth
 
 from workflow_scripts import __version__
 from workflow_scripts.contracts import atomic_path
@@ -82,13 +84,23 @@ def body_snippet(response: requests.Response, secrets: Iterable[str | None] = ()
 
 
 # ---------------------------------------------------------------------------- sessions
+class _NoAuth(requests.auth.AuthBase):
+    """Explicitly "no HTTP auth": stops requests from adding netrc Basic auth on its own."""
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        return request
+
+
 def make_session(user_agent: str = USER_AGENT, pool_maxsize: int = 4) -> requests.Session:
     """A session with connection pooling and our User-Agent.
 
-    ``trust_env`` stays on so cluster proxies from ``HTTPS_PROXY`` work.
+    ``trust_env`` stays on so cluster proxies from ``HTTPS_PROXY`` work, but its
+    implicit netrc lookup is disabled (``session.auth`` set to a no-op): credentials
+    go only where a client puts them (CAS: JSON body; DAS: set ``session.auth``).
     """
     session = requests.Session()
     session.headers["User-Agent"] = user_agent
+    session.auth = _NoAuth()
     adapter = requests.adapters.HTTPAdapter(pool_connections=pool_maxsize, pool_maxsize=pool_maxsize)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
