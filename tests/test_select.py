@@ -56,10 +56,10 @@ def test_i_and_z_dropouts_pass_and_star_fails(cfg):
         ({"z_pixelflags_bad": True}, "clean pixels"),
         ({"z_psfflux_flag": True}, "psfflux ok"),
         ({"z_inputcount_value": 1}, "inputcount"),
-        ({"z_extendedness_value": 1.0}, "point-like"),
+        ({"z_extendedness_value": 1.0, "y_extendedness_value": 1.0}, "point-like"),
         ({"z_psfflux_flux": 10 ** (-0.4 * (24.7 - 31.4))}, "z < 24.5"),
         ({"z_psfflux_fluxerr": 10 ** (-0.4 * (22.8 - 31.4)) / 8}, "S/N(z) > 10"),
-        ({"r_psfflux_flux": 5 * SIGMA_NJY["r"]}, "undetected in g,r"),
+        ({"g_psfflux_flux": 5 * SIGMA_NJY["g"]}, "undetected in g"),
         ({"i_psfflux_flux": 10 ** (-0.4 * (23.5 - 31.4))}, "i - z > 1.5"),
     ],
 )
@@ -70,6 +70,15 @@ def test_each_i_dropout_cut(cfg, override, failing_cut):
     steps = flow.as_dict()["branches"]["i_dropout"]
     first_zero = next(s["cut"] for s in steps if s["remaining"] == 0)
     assert first_zero.startswith(failing_cut), steps
+
+
+def test_point_like_in_either_morphology_band_is_enough(cfg):
+    cfg["z_dropout"]["enabled"] = False
+    cand, _ = run([catalog_row(I_DROPOUT_MAGS, z_extendedness_value=1.0)], cfg)
+    assert len(cand) == 1
+    cfg["i_dropout"]["morphology_bands"] = ["z"]
+    cand, _ = run([catalog_row(I_DROPOUT_MAGS, z_extendedness_value=1.0)], cfg)
+    assert cand.empty
 
 
 def test_extinction_correction_can_bring_a_source_inside_the_magnitude_cut(cfg):

@@ -129,9 +129,12 @@ def branch_cuts(df: pd.DataFrame, phot: pd.DataFrame, cfg: dict, branch: str) ->
         visits &= df[f"{b}_inputcount_value"].to_numpy() >= cfg["min_inputcount"]
     cuts.append(Cut(f"inputcount >= {cfg['min_inputcount']} ({','.join(det_bands)})", visits))
 
+    point = np.zeros(n, bool)
     with np.errstate(invalid="ignore"):
-        point = df[f"{det}_extendedness_value"].to_numpy(float) < cfg["max_extendedness"]
-    cuts.append(Cut(f"point-like ({det} extendedness < {cfg['max_extendedness']})", point))
+        for b in bcfg["morphology_bands"]:
+            point |= df[f"{b}_extendedness_value"].to_numpy(float) < cfg["max_extendedness"]
+    morph = " or ".join(bcfg["morphology_bands"])
+    cuts.append(Cut(f"point-like ({morph} extendedness < {cfg['max_extendedness']})", point))
 
     mag_key, snr_key = f"max_mag_{det}", f"min_snr_{det}"
     mag = phot[f"{det}_mag"].to_numpy()
