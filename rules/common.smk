@@ -38,5 +38,5 @@ def all_outputs():
         f"{RESULTS}/candidates/colour_colour.png",
     ]
     if MOCK:
-        targets += [f"{RESULTS}/evaluation/selection_truth.md"]
+        targets += [f"{RESULTS}/evaluation/selection_truth.md", f"{RESULTS}/evaluation/colour_colour_truth.png"]
     return targets

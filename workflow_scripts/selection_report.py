@@ -67,8 +67,12 @@ def plot_colour_colour(sample: pd.DataFrame, candidates: pd.DataFrame, select_cf
                rasterized=True)
     groups = (candidates.groupby(colour_by) if colour_by else candidates.groupby("selection_branch"))
     cmap = plt.get_cmap("tab10")
+    xlim, ylim = (-1.0, 3.5), (-1.0, 5.0)
     for k, (label, grp) in enumerate(groups):
         colour, marker = BRANCH_STYLE.get(label, (cmap(k % 10), "o"))
+        # i and z both undetected: i - z is unknown; park such sources at the top, arrow up
+        grp = grp.assign(i_minus_z=grp["i_minus_z"].fillna(ylim[1] - 0.3),
+                         i_minus_z_limit=grp["i_minus_z_limit"].replace("none", "lower"))
         ax.scatter(grp["z_minus_y"], grp["i_minus_z"], s=14, color=colour, marker=marker, lw=0.3,
                    edgecolor="k", label=f"{label} ({len(grp)})", zorder=3)
         up = grp["i_minus_z_limit"] == "lower"
@@ -77,7 +81,8 @@ def plot_colour_colour(sample: pd.DataFrame, candidates: pd.DataFrame, select_cf
                   zorder=2)
         ax.quiver(grp.loc[right, "z_minus_y"], grp.loc[right, "i_minus_z"], 1, 0, color=colour, scale=30,
                   width=0.003, zorder=2)
-    xlim, ylim = (-1.0, 3.5), (-1.0, 5.0)
+    ax.text(xlim[0] + 0.05, ylim[1] - 0.12, "i and z undetected (i - z unknown)", ha="left", va="top", fontsize=7, color="0.3")
+    ax.axhline(ylim[1] - 0.55, color="0.6", lw=0.5)
     if select_cfg["i_dropout"]["enabled"]:
         cut = select_cfg["i_dropout"]["min_i_minus_z"]
         ax.axhline(cut, color="tab:orange", ls="--", lw=1)
@@ -88,7 +93,7 @@ def plot_colour_colour(sample: pd.DataFrame, candidates: pd.DataFrame, select_cf
         ax.text(cut + 0.05, ylim[0] + 0.1, f"z-dropout: z - y > {cut}", color="tab:red", fontsize=8, rotation=90)
     ax.set(xlim=xlim, ylim=ylim, xlabel="z - y (AB, extinction-corrected)", ylabel="i - z (AB, extinction-corrected)",
            title=title)
-    ax.legend(loc="upper right", fontsize=7, markerscale=1.5)
+    ax.legend(loc="lower right", fontsize=7, markerscale=1.5)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
