@@ -115,3 +115,11 @@ def test_enrichment_only_multiplies_highz_quasars():
     assert np.all(hi["redshift"][hi["subclass"] == "highz"] > 5.6)
     assert np.allclose(hi["enrichment_weight"][hi["subclass"] == "highz"], 1 / 300)
     assert np.all(hi["enrichment_weight"][hi["subclass"] == "lowz"] == 1.0)
+
+
+def test_enrichment_also_multiplies_lyman_break_galaxies():
+    box = SkyBox(150.0, 152.0, 1.0, 3.0)
+    lo = P.draw_lbgs(np.random.default_rng(1), box, SkyConfig(enrichment=1.0))
+    hi = P.draw_lbgs(np.random.default_rng(1), box, SkyConfig(enrichment=300.0))
+    assert 150 < len(hi["redshift"]) / max(len(lo["redshift"]), 0.5) < 600
+    assert np.allclose(hi["enrichment_weight"], 1 / 300)

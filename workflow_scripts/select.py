@@ -286,7 +286,8 @@ def select_batch(
 
 def iter_catalog_batches(path: str | Path, batch_rows: int) -> Iterable[pd.DataFrame]:
     """Stream a catalogue shard as pandas batches after checking its schema against the contract."""
-    pf = pq.ParquetFile(path)
+    # pre_buffer (pyarrow's default) keeps every row group it has read: memory would grow with the file.
+    pf = pq.ParquetFile(path, pre_buffer=False)
     check_catalog_schema(pf.schema_arrow, path)
     if pf.metadata.num_rows == 0:  # a shard off the footprint: select nothing, but write a valid file
         yield pf.schema_arrow.empty_table().to_pandas()

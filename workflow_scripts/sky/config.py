@@ -48,8 +48,9 @@ def _default_seeing() -> dict[str, float]:
 class SkyConfig:
     """Survey and population settings of the mock HSC-SSP Wide sky (see SCIENCE.md).
 
-    enrichment: multiplies the density of quasars with z > 5.6 only (1.0 = the real sky);
-        such quasars carry ``enrichment_weight = 1/enrichment`` in the truth table.
+    enrichment: multiplies the density of the rare classes only — quasars with z > 5.6 and the
+        z ~ 6 Lyman-break galaxies that mimic them (1.0 = the real sky); such objects carry
+        ``enrichment_weight = 1/enrichment`` in the truth table.
     depth_5sigma: PSF 5σ limiting AB magnitude per band at nominal input count and seeing.
     seeing_fwhm: median PSF FWHM per band [arcsec].
     ebv_median: median Galactic E(B-V) (SFD scale, as HSC's ``a_<b>`` columns use).

@@ -178,12 +178,15 @@ def draw_lbgs(rng: np.random.Generator, box: SkyBox, sky: SkyConfig) -> Populati
     {-10, 0, 20, 50} Å, IGM; compact (r_e ≈ 0.15″, often marginally resolved)."""
     g = lbg_grid()
     ref = g.dmag[:, 5, :]  # beta = -2, EW = 20
-    z, m_abs = _lf_objects(rng, g.z, ref, lbg_lf, box.area_deg2, sky, 5.5, 6.9, -28.0, -19.0)
+    # As rare as the target quasars: enriched with them, so the demo sky keeps the ratio of SCIENCE.md.
+    enrich = lambda zz: np.full_like(zz, sky.enrichment)  # noqa: E731
+    z, m_abs = _lf_objects(rng, g.z, ref, lbg_lf, box.area_deg2, sky, 5.5, 6.9, -28.0, -19.0, weight_fn=enrich)
     n = z.size
     combo = rng.integers(0, g.param.size, n)
     dmag, kext = interp_grid(g, z, param_index=combo)
     pop = new_population(n, rng, box, sky, **{"class": "galaxy", "subclass": "lbg"})
     pop["redshift"], pop["m_abs_1450"] = z, m_abs
+    pop["enrichment_weight"] = np.full(n, 1.0 / sky.enrichment)
     pop["uv_beta"] = np.array(LBG_BETA)[combo // len(LBG_LYA_EW)]
     pop["lya_ew"] = np.array(LBG_LYA_EW)[combo % len(LBG_LYA_EW)]
     pop["young_fraction"], pop["dust_ebv"], pop["sersic_n"] = np.ones(n), np.zeros(n), np.ones(n)
