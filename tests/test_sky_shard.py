@@ -39,7 +39,9 @@ def test_rows_and_classes(shard):
         assert (truth["class"] == cls).sum() > 0, cls
     q = truth[truth["class"] == "quasar"]
     assert set(q["subclass"]) == {"highz", "lowz"}
-    assert q["m_abs_1450"].notna().all() and truth.loc[truth["class"] != "quasar", "m_abs_1450"].isna().all()
+    uv_bright = (truth["class"] == "quasar") | (truth["subclass"] == "lbg")  # both have an M_1450
+    assert truth.loc[uv_bright, "m_abs_1450"].notna().all() and truth.loc[~uv_bright, "m_abs_1450"].isna().all()
+    assert (truth["subclass"] == "lbg").sum() > 0  # enriched with the quasars
     bd = truth[truth["class"] == "brown_dwarf"]
     assert set(bd["subclass"]) <= {"M", "L", "T"} and bd["spectral_type"].str.match(r"^[MLT]\d$").all()
     assert (cat["isprimary"].mean() > 0.94) and (cat["isprimary"].mean() < 0.995)
@@ -115,3 +117,17 @@ def test_half_square_degree_is_fast():
     cat, _ = simulate_shard(box, "timing", 1, SkyConfig())
     assert time.perf_counter() - t < 20.0
     assert len(cat) < 120_000
+
+
+def test_non_primary_rows_are_overlap_duplicates_of_catalogued_objects(shard):
+    cat, truth = shard
+    merged = cat[["object_id", "isprimary", "ra", "dec"]].merge(truth[["object_id", "duplicate_of", "class"]])
+    assert (merged.loc[merged["isprimary"], "duplicate_of"] == -1).all()
+    dups = merged[~merged["isprimary"]]
+    assert (dups["duplicate_of"] != -1).all()
+    matched = dups[dups["duplicate_of"] >= 0].merge(merged, left_on="duplicate_of", right_on="object_id",
+                                                     suffixes=("", "_orig"))
+    assert len(matched) > 0.8 * len(dups) and (matched["class"] == matched["class_orig"]).all()
+    sep_arcsec = 3600 * np.hypot((matched["ra"] - matched["ra_orig"]) * np.cos(np.deg2rad(matched["dec"])),
+                                 matched["dec"] - matched["dec_orig"])
+    assert sep_arcsec.max() < 0.3

@@ -53,7 +53,9 @@ def completeness(truth: pd.DataFrame, candidates: pd.DataFrame, select_cfg: dict
     """
     selected = set(candidates["object_id"].tolist())
     out = {}
-    quasars = truth[truth["class"] == "quasar"]
+    # each physical object once: overlap re-detections (duplicate_of != -1) are not extra targets
+    originals = truth[truth["duplicate_of"] == -1] if "duplicate_of" in truth else truth
+    quasars = originals[originals["class"] == "quasar"]
     for name, zlo, zhi, band, key in (
         ("z>6.5", 6.5, np.inf, "y", ("z_dropout", "max_mag_y")),
         ("5.7<z<6.5", 5.7, 6.5, "z", ("i_dropout", "max_mag_z")),

@@ -106,7 +106,8 @@ def observe(pop: Population, rng: np.random.Generator, sky: SkyConfig) -> tuple[
     ext_val = np.where(np.isfinite(flux), (ratio < 0.985).astype(float), np.nan)
 
     coeff = standard_coeffs()
-    cat: dict[str, np.ndarray] = {"isprimary": rng.uniform(size=n) < 0.97}
+    # Non-primary rows are re-detections in tract/patch overlaps, added by simulate.add_overlap_duplicates.
+    cat: dict[str, np.ndarray] = {"isprimary": pop.get("primary", np.ones(n, bool)).copy()}
     for k, b in enumerate(BANDS):
         cat[f"{b}_psfflux_flux"] = flux[:, k]
         cat[f"{b}_psfflux_fluxerr"] = err[:, k]

@@ -25,7 +25,7 @@ TRUTH_COLUMNS = (
     + ["half_light_radius_arcsec", "axis_ratio", "position_angle_deg", "sersic_n", "moving_band",
        "trail_length_arcsec", "artefact_kind", "artefact_band", "image_fwhm_arcsec", "m_abs_1450",
        "enrichment_weight", "distance_pc", "teff_k", "qso_dalpha", "sed_young_fraction", "sed_dust_ebv",
-       "uv_beta", "lya_ew_rest", "detected_in_truth"]
+       "uv_beta", "lya_ew_rest", "detected_in_truth", "duplicate_of"]
     + [f"psf_frac_{b}" for b in "grizy"]
 )
 _RENAME = {"hlr": "half_light_radius_arcsec", "pa": "position_angle_deg", "trail_length": "trail_length_arcsec",
@@ -47,6 +47,28 @@ def _mark_saturated_stars(stars: dict) -> None:
     stars["subclass"] = np.where(any_sat, "saturated_star", stars["subclass"]).astype(object)
     stars["artefact_kind"] = np.where(any_sat, "saturated_core", "").astype(object)
     stars["artefact_band"] = np.array(["".join(b for b, s in zip("grizy", row) if s) for row in sat], dtype=object)
+
+
+#: Fraction of objects detected a second time in a tract/patch overlap (HSC: a few per cent of rows).
+OVERLAP_DUPLICATE_FRACTION = 0.03
+
+
+def add_overlap_duplicates(pop: dict, rng: np.random.Generator) -> dict:
+    """Append re-detections of a random few per cent of objects, as in HSC tract/patch overlaps.
+
+    A duplicate is the same physical object, measured again with independent noise and a
+    small astrometric offset; it is flagged ``primary = False`` and remembers the index of
+    its original in ``duplicate_of`` (turned into an object_id later).
+    """
+    n = pop["ra"].size
+    dup = np.flatnonzero(rng.uniform(size=n) < OVERLAP_DUPLICATE_FRACTION)
+    out = {k: np.concatenate([v, v[dup]]) for k, v in pop.items()}
+    offset_deg = rng.normal(0.0, 0.03 / 3600.0, (2, dup.size))
+    out["ra"][n:] += offset_deg[0] / np.cos(np.deg2rad(out["dec"][n:]))
+    out["dec"][n:] += offset_deg[1]
+    out["primary"] = np.concatenate([np.ones(n, bool), np.zeros(dup.size, bool)])
+    out["duplicate_of"] = np.concatenate([np.full(n, -1, np.int64), dup.astype(np.int64)])
+    return out
 
 
 def simulate_shard(box: SkyBox, shard_name: str, seed: int, sky: SkyConfig | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -71,12 +93,20 @@ def simulate_shard(box: SkyBox, shard_name: str, seed: int, sky: SkyConfig | Non
         draw_bleed_trails(rngs[8], stars, sky, box),
     ]
     _mark_saturated_stars(stars)
-    pop = concat([p for p in pops])
+    pop = add_overlap_duplicates(concat([p for p in pops]), np.random.default_rng(ss.spawn(1)[0]))
     cat, extra, detected = observe(pop, rngs[9], sky)
 
     keep = np.flatnonzero(detected)
     order = keep[np.lexsort((pop["dec"][keep], pop["ra"][keep]))]
     ids = (np.int64(stable_hash(shard_name, 63 - INDEX_BITS)) << INDEX_BITS) + np.arange(order.size, dtype=np.int64)
+    # population index -> object_id, for pointing duplicates at their (detected) original
+    id_of = np.full(pop["ra"].size, -1, np.int64)
+    id_of[order] = ids
+    dup_src = pop.pop("duplicate_of")
+    # -1: an original; >= 0: object_id of the original; -2: re-detection of an object the catalogue missed
+    original = id_of[np.maximum(dup_src, 0)]
+    pop["duplicate_of"] = np.where(dup_src < 0, -1, np.where(original >= 0, original, -2))
+    pop.pop("primary")
 
     catalog = {"object_id": ids, "ra": pop["ra"][order], "dec": pop["dec"][order]}
     catalog.update({k: v[order] for k, v in cat.items()})
