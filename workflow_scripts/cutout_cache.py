@@ -35,6 +35,17 @@ MANIFEST_SCHEMA = pa.schema([
 
 
 @dataclass(frozen=True)
+class CutoutRequest:
+    """One cutout to fetch: an object, a band and the requested semi-width (arcsec)."""
+
+    object_id: int
+    ra: float
+    dec: float
+    band: str
+    half_size_arcsec: float
+
+
+@dataclass(frozen=True)
 class CutoutCache:
     """Files of one (survey, release, rerun, size) under *root*."""
 

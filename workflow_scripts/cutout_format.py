@@ -169,6 +169,12 @@ def vhs_cutout_hdul(cut: VhsCutout) -> fits.HDUList:
     return fits.HDUList([fits.PrimaryHDU(), hdu])
 
 
+def vhs_cutout_bytes(cut: VhsCutout) -> bytes:
+    buf = io.BytesIO()
+    vhs_cutout_hdul(cut).writeto(buf)
+    return buf.getvalue()
+
+
 def write_vhs_cutout(cut: VhsCutout, path: str | os.PathLike) -> None:
     with atomic_path(path) as tmp:
         vhs_cutout_hdul(cut).writeto(tmp, overwrite=True)
