@@ -17,6 +17,8 @@ except ConfigError as exc:
 include: "rules/common.smk"
 include: "rules/catalog.smk"
 include: "rules/select.smk"
+include: "rules/cutouts.smk"
+include: "rules/tensors.smk"
 
 
 rule all:

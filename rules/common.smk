@@ -15,11 +15,25 @@ except Exception as exc:  # the message is written for the user; it never contai
 
 wildcard_constraints:
     shard="|".join(SHARDS),
+    scale=r"[0-9.]+arcsec",
 
 
 def as_json(value):
     """A config section as canonical JSON: a stable `params:` value for the params rerun trigger."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def pick(section, *keys):
+    """Only the keys of a config section a rule depends on, as JSON (so other keys never rerun it)."""
+    return as_json({k: config[section][k] for k in keys})
+
+
+SCALES = [f"{s:g}arcsec" for s in config["tensors"]["scales_arcsec"]]
+IR = config["cutouts"]["ir"]
+
+
+def scale_arcsec(wildcards):
+    return float(wildcards.scale.removesuffix("arcsec"))
 
 
 def shard_spec(wildcards):
@@ -37,6 +51,9 @@ def all_outputs():
         f"{RESULTS}/candidates/selection_report.md",
         f"{RESULTS}/candidates/colour_colour.png",
     ]
+    targets += expand(f"{RESULTS}/tensors/{{scale}}/{{shard}}.images.npy", scale=SCALES, shard=SHARDS)
+    targets += expand(f"{RESULTS}/tensors/{{scale}}/meta.json", scale=SCALES)
+    targets += [f"{RESULTS}/cutouts/summary.md"]
     if MOCK:
         targets += [f"{RESULTS}/evaluation/selection_truth.md", f"{RESULTS}/evaluation/colour_colour_truth.png"]
     return targets
