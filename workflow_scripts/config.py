@@ -144,6 +144,10 @@ def _semantic_problems(config: dict) -> list[str]:
                             f"fainter than select.{branch}.{key} = {limit} (extinction correction brightens)")
     if not (select["i_dropout"]["enabled"] or select["z_dropout"]["enabled"]):
         problems.append("keys 'select.i_dropout.enabled' and 'select.z_dropout.enabled': enable at least one branch")
+    largest = max(config["tensors"]["scales_arcsec"])
+    if config["cutouts"]["half_size_arcsec"] < largest / 2 + 0.5:
+        problems.append(f"key 'cutouts.half_size_arcsec': {config['cutouts']['half_size_arcsec']} must be at least "
+                        f"0.5 arcsec more than half the largest tensors.scales_arcsec ({largest})")
     return problems
 
 
