@@ -1,12 +1,14 @@
 """The pipeline end to end: dry-run of the full DAG, a real run on a tiny mock sky, and the
 same run with `source: hsc` against a loopback CAS server (same candidates)."""
 
+import json
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -40,7 +42,9 @@ def test_dry_run_of_the_default_dag(tmp_path):
     write_config(tmp_path, yaml.safe_load((ROOT / "config.yaml").read_text()))
     proc = snakemake(tmp_path, "--dry-run", "--quiet", "rules")
     assert proc.returncode == 0, proc.stderr
-    for rule, count in {"catalog": 4, "select": 4, "selection_report": 1, "evaluate_selection": 1}.items():
+    expected = {"catalog": 4, "select": 4, "selection_report": 1, "evaluate_selection": 1, "cutouts_hsc": 4,
+                "cutouts_ir": 4, "reproject_ir": 4, "stack": 4, "tensor_meta": 1, "cutout_summary": 1}
+    for rule, count in expected.items():
         assert any(line.split()[:2] == [rule, str(count)] for line in proc.stdout.splitlines()), proc.stdout
 
 
@@ -71,6 +75,18 @@ def test_mock_run_outputs_follow_the_contracts(mock_run):
     for png in (res / "candidates" / "colour_colour.png", res / "evaluation" / "colour_colour_truth.png"):
         assert png.read_bytes()[:4] == b"\x89PNG"
     assert not list(res.rglob("*.part")), "temporary files left behind"
+    meta = json.loads((res / "tensors" / "6arcsec" / "meta.json").read_text())
+    assert meta["bands"] == ["g", "r", "i", "z", "y", "J", "Ks"] and meta["size_px"] == 35
+    for shard in TINY["shards"]:
+        cand = pd.read_parquet(res / "candidates" / f"{shard}.parquet")
+        images = np.load(res / "tensors" / "6arcsec" / f"{shard}.images.npy", mmap_mode="r")
+        mask = np.load(res / "tensors" / "6arcsec" / f"{shard}.mask.npy", mmap_mode="r")
+        index = pd.read_parquet(res / "tensors" / "6arcsec" / f"{shard}.index.parquet")
+        assert images.shape == mask.shape == (len(cand), 7, 35, 35) and images.dtype == np.float32
+        assert np.isfinite(images).all() and (images[mask] == 0).all()
+        assert sorted(index["object_id"]) == sorted(cand["object_id"])
+        manifest = pd.read_parquet(res / "cutouts" / "hsc" / shard / "manifest.parquet")
+        assert len(manifest) == 5 * len(cand) and set(manifest["status"]) <= {"ok", "no_coverage", "failed"}
 
 
 @pytest.mark.slow
@@ -89,35 +105,71 @@ def test_changing_a_selection_threshold_reruns_select_not_catalog(mock_run):
 
 
 @pytest.mark.slow
-def test_hsc_source_against_loopback_cas_gives_the_same_candidates(mock_run, tmp_path):
+def test_a_looser_cut_fetches_only_the_new_objects(mock_run, tmp_path):
+    import shutil
+
+    workdir = tmp_path / "rerun"
+    shutil.copytree(mock_run, workdir, symlinks=True)
+    (workdir / "cache").exists() or pytest.skip("no cache")
+    before = len(pd.read_parquet(workdir / "results" / "candidates" / "t1.parquet"))
+    proc = snakemake(workdir, "--config", "select={i_dropout: {min_i_minus_z: 1.2}}")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    after = len(pd.read_parquet(workdir / "results" / "candidates" / "t1.parquet"))
+    assert after > before
+    log = (workdir / "results" / "logs" / "cutouts_hsc" / "t1.log").read_text()
+    assert f"{5 * after} cutouts requested, {5 * before} already cached, fetching {5 * (after - before)}" in log
+
+
+def start_server(module: str, args: list[str], workdir: Path, env: dict) -> tuple[subprocess.Popen, int]:
+    """Start a loopback service (tests/servers/<module>) on the mock sky; return (process, port)."""
+    port_file = workdir / f"{module}.port"
+    proc = subprocess.Popen([sys.executable, "-m", f"tests.servers.{module}", "--port-file", str(port_file), *args],
+                            cwd=ROOT, env=env)
+    for _ in range(1200):
+        if port_file.exists() and port_file.read_text().strip():
+            return proc, int(port_file.read_text().strip())
+        assert proc.poll() is None, f"loopback {module} server died"
+        time.sleep(0.1)
+    raise AssertionError(f"loopback {module} server did not start")
+
+
+@pytest.mark.slow
+def test_hsc_source_against_loopback_services_gives_the_same_candidates_and_tensors(mock_run, tmp_path):
+    """source: hsc against loopback CAS, DAS and VSA servers serving the same mock sky."""
     workdir = tmp_path / "hsc"
-    port_file = tmp_path / "port"
     server_cfg = tmp_path / "server.yaml"
     server_cfg.write_text(yaml.safe_dump(TINY))
     env = {**os.environ, "HSC_SSP_CAS_USER": "astro", "LOOPBACK_PW": "s3cret-pw", "HSC_SSP_CAS_PASSWORD": "s3cret-pw"}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "tests.servers.hsc_cas", "--config", str(server_cfg), "--port-file", str(port_file),
-         "--user", "astro", "--password-env", "LOOPBACK_PW"], cwd=ROOT, env=env)
+    auth = ["--user", "astro", "--password-env", "LOOPBACK_PW"]
+    servers = []
     try:
-        for _ in range(600):
-            if port_file.exists() and port_file.read_text().strip():
-                break
-            assert server.poll() is None, "loopback CAS server died"
-            time.sleep(0.1)
-        url = f"http://127.0.0.1:{port_file.read_text().strip()}/datasearch/api/catalog_jobs/"
-        write_config(workdir, {**TINY, "source": "hsc", "hsc": {"cas_url": url, "timeout_s": 20}})
+        for module, args in (("hsc_cas", auth), ("hsc_das", auth), ("vsa", [])):
+            servers.append(start_server(module, ["--config", str(server_cfg), *args], tmp_path, env))
+        (_, cas), (_, das), (_, vsa) = servers
+        write_config(workdir, {**TINY, "source": "hsc",
+                               "hsc": {"cas_url": f"http://127.0.0.1:{cas}/datasearch/api/catalog_jobs/",
+                                       "das_url": f"http://127.0.0.1:{das}/das_cutout/pdr3/cgi-bin/cutout",
+                                       "timeout_s": 20, "das_timeout_s": 30},
+                               "vhs": {"url": f"http://127.0.0.1:{vsa}/vdfs/", "timeout_s": 20}})
         proc = snakemake(workdir, env=env)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        log_text = "".join(p.read_text() for p in (workdir / "results" / "logs").rglob("*.log"))
-        assert "s3cret-pw" not in log_text + proc.stdout + proc.stderr
-        assert not (workdir / "results" / "truth").exists()
-        for shard in TINY["shards"]:
-            ours = pd.read_parquet(workdir / "results" / "candidates" / f"{shard}.parquet").sort_values("object_id")
-            mock = pd.read_parquet(mock_run / "results" / "candidates" / f"{shard}.parquet").sort_values("object_id")
-            pd.testing.assert_frame_equal(ours.reset_index(drop=True), mock.reset_index(drop=True), check_exact=False)
     finally:
-        server.terminate()
-        server.wait(timeout=10)
+        for server, _ in servers:
+            server.terminate()
+            server.wait(timeout=10)
+    res, ref = workdir / "results", mock_run / "results"
+    log_text = "".join(p.read_text() for p in (res / "logs").rglob("*.log"))
+    assert "s3cret-pw" not in log_text + proc.stdout + proc.stderr
+    assert not (res / "truth").exists()
+    for shard in TINY["shards"]:
+        ours = pd.read_parquet(res / "candidates" / f"{shard}.parquet").sort_values("object_id")
+        mock = pd.read_parquet(ref / "candidates" / f"{shard}.parquet").sort_values("object_id")
+        pd.testing.assert_frame_equal(ours.reset_index(drop=True), mock.reset_index(drop=True), check_exact=False)
+        for kind in ("images", "mask"):
+            a = np.load(res / "tensors" / "6arcsec" / f"{shard}.{kind}.npy")
+            b = np.load(ref / "tensors" / "6arcsec" / f"{shard}.{kind}.npy")
+            np.testing.assert_array_equal(a, b)
+    assert (res / "cutouts" / "summary.md").read_text() == (ref / "cutouts" / "summary.md").read_text()
 
 
 def test_missing_credentials_stop_before_any_job(tmp_path):

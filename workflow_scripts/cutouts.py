@@ -106,12 +106,19 @@ def shard_cutouts(survey: str, source: str, candidates_path: str, manifest_path:
     requests = cutout_requests(candidates, SURVEY_BANDS[survey], half)
     if source == "mock":
         cache = CutoutCache(Path(cutouts_cfg["cache_dir"]), survey, mock_release(seed, sky_cfg), "mock", half)
-        rows = fetch_rendered(requests, cache, mock_renderer(survey, catalogs, truths, seed, sky_cfg)) if requests else []
     else:
         release = service_cfg["release_version"] if survey == "hsc" else service_cfg["database"]
         rerun = service_cfg["rerun"] if survey == "hsc" else ""
         cache = CutoutCache(Path(cutouts_cfg["cache_dir"]), survey, release, rerun, half)
-        rows = service_fetcher(survey, service_cfg)(requests, cache) if requests else []
+    missing = sum(cache.lookup(r.object_id, r.band) is None for r in requests)
+    log.info("%s: %d cutouts requested, %d already cached, fetching %d", survey, len(requests),
+             len(requests) - missing, missing)
+    if not missing:
+        rows = [manifest_row(cache, r.object_id, r.band) for r in requests]
+    elif source == "mock":
+        rows = fetch_rendered(requests, cache, mock_renderer(survey, catalogs, truths, seed, sky_cfg))
+    else:
+        rows = service_fetcher(survey, service_cfg)(requests, cache)
     manifest = write_manifest(rows, manifest_path)
     counts = manifest["status"].value_counts().to_dict()
     log.info("%s cutouts of %d objects: %s", survey, len(candidates), counts)
