@@ -39,6 +39,7 @@ def _subschema(schema: dict, path: list) -> dict:
     """The schema node that validates the instance at *path* (properties/additionalProperties walk)."""
     node = schema
     for key in path:
+        node = _deref(schema, node)
         if isinstance(key, int):
             node = node.get("items", {})
         elif key in node.get("properties", {}):
@@ -47,6 +48,16 @@ def _subschema(schema: dict, path: list) -> dict:
             node = node["additionalProperties"]
         else:
             return {}
+    return _deref(schema, node)
+
+
+def _deref(schema: dict, node: dict) -> dict:
+    """Follow a local `$ref` (e.g. "#/properties/training")."""
+    while isinstance(node, dict) and str(node.get("$ref", "")).startswith("#/"):
+        target = schema
+        for part in node["$ref"][2:].split("/"):
+            target = target[part]
+        node = target
     return node
 
 
@@ -92,17 +103,14 @@ def _coerce_scalar(value: str, types: list[str]):
     return value
 
 
-def _coerce_strings(instance, schema: dict):
-    """Walk *instance* alongside *schema*, converting numeric/boolean strings where a number/boolean is expected."""
+def _coerce_strings(instance, root: dict, path: tuple = ()):
+    """Walk *instance* alongside the schema, converting numeric/boolean strings where a number/boolean is expected."""
     if isinstance(instance, dict):
-        for key, value in instance.items():
-            sub = _subschema(schema, [key])
-            instance[key] = _coerce_strings(value, sub)
-        return instance
+        return {k: _coerce_strings(v, root, path + (k,)) for k, v in instance.items()}
     if isinstance(instance, list):
-        return [_coerce_strings(v, schema.get("items", {})) for v in instance]
+        return [_coerce_strings(v, root, path + (i,)) for i, v in enumerate(instance)]
     if isinstance(instance, str):
-        types = schema.get("type", [])
+        types = _subschema(root, list(path)).get("type", [])
         types = [types] if isinstance(types, str) else list(types)
         if set(types) & {"number", "integer", "boolean", "null"}:
             return _coerce_scalar(instance, types)
@@ -144,11 +152,28 @@ def _semantic_problems(config: dict) -> list[str]:
                             f"fainter than select.{branch}.{key} = {limit} (extinction correction brightens)")
     if not (select["i_dropout"]["enabled"] or select["z_dropout"]["enabled"]):
         problems.append("keys 'select.i_dropout.enabled' and 'select.z_dropout.enabled': enable at least one branch")
+    for name, run in resolve_runs(config).items():
+        if run["scale_arcsec"] not in config["tensors"]["scales_arcsec"]:
+            problems.append(f"key 'runs.{name}.scale_arcsec': {run['scale_arcsec']} is not one of "
+                            f"tensors.scales_arcsec {config['tensors']['scales_arcsec']}")
     largest = max(config["tensors"]["scales_arcsec"])
     if config["cutouts"]["half_size_arcsec"] < largest / 2 + 0.5:
         problems.append(f"key 'cutouts.half_size_arcsec': {config['cutouts']['half_size_arcsec']} must be at least "
                         f"0.5 arcsec more than half the largest tensors.scales_arcsec ({largest})")
     return problems
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """A copy of *base* with *override* merged in, recursively for nested mappings."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def resolve_runs(config: dict) -> dict[str, dict]:
+    """Every named run's full settings: the `training` defaults with the run's overrides merged in."""
+    return {name: deep_merge(config["training"], override or {}) for name, override in config["runs"].items()}
 
 
 def load_config(path: str | Path) -> dict:
