@@ -24,8 +24,9 @@ def test_env_versions_match_pyproject(env_file):
     pins = project_pins()
     env = yaml.safe_load(env_file.read_text())
     checked = 0
-    for dep in env["dependencies"]:
-        if not isinstance(dep, str) or "=" not in dep:
+    pip_deps = [d for dep in env["dependencies"] if isinstance(dep, dict) for d in dep.get("pip", [])]
+    for dep in [*env["dependencies"], *pip_deps]:
+        if not isinstance(dep, str) or "=" not in dep or dep.startswith("-"):
             continue
         name, version = re.split(r"=+", dep, maxsplit=1)
         name = name.lower().replace("_", "-")
