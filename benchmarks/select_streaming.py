@@ -15,9 +15,6 @@ on a smaller shard (default 2 x 10^6 rows) because at 2 x 10^7 it would need > 1
 from __future__ import annotations
 
 import argparse
-import json
-import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from benchmarks._harness import child_main, peak_rss_mb, print_ratio, print_table, run_child
 
 OUT = Path(__file__).resolve().parent / "out"
 
@@ -58,12 +57,13 @@ def build_shard(rows: int, path: Path) -> None:
     tmp.rename(path)
 
 
-def measure(mode: str, path: Path) -> dict:
+def measure(mode: str, path: str | Path) -> dict:
     """Run one selection in this process; return rows/s and peak RSS."""
     from workflow_scripts.config import load_config
     from workflow_scripts.select import CutFlow, select_batch, select_shard
 
     cfg = load_config(Path(__file__).resolve().parents[1] / "config.yaml")["select"]
+    path = Path(path)
     rows = pq.ParquetFile(path).metadata.num_rows
     start = time.perf_counter()
     if mode == "streaming":
@@ -76,15 +76,8 @@ def measure(mode: str, path: Path) -> dict:
         cand, _ = select_batch(df, cfg, CutFlow())
         selected = len(cand)
     seconds = time.perf_counter() - start
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"mode": mode, "rows": rows, "seconds": seconds, "rows_per_s": rows / seconds, "peak_rss_mb": peak_mb,
+    return {"mode": mode, "rows": rows, "seconds": seconds, "rows_per_s": rows / seconds, "peak_rss_mb": peak_rss_mb(),
             "selected": selected}
-
-
-def run_child(mode: str, path: Path) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.select_streaming", "--child", mode, str(path)],
-                          capture_output=True, text=True, check=True)
-    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main() -> int:
@@ -93,8 +86,7 @@ def main() -> int:
     parser.add_argument("--naive-rows", type=int, default=2_000_000)
     parser.add_argument("--child", nargs=2, metavar=("MODE", "PATH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.child:
-        print(json.dumps(measure(args.child[0], Path(args.child[1]))))
+    if child_main(args.child, measure):
         return 0
 
     OUT.mkdir(exist_ok=True)
@@ -103,18 +95,19 @@ def main() -> int:
     build_shard(args.rows, big)
     build_shard(args.naive_rows, small)
     print(f"built benchmark shards in {time.perf_counter() - t0:.0f} s")
-    results = [run_child("streaming", big), run_child("streaming", small), run_child("naive", small)]
-    print(f"{'mode':<10} {'rows':>11} {'seconds':>8} {'rows/s':>11} {'peak RSS MB':>12} {'selected':>9}")
-    for r in results:
-        print(f"{r['mode']:<10} {r['rows']:>11,} {r['seconds']:>8.1f} {r['rows_per_s']:>11,.0f} "
-              f"{r['peak_rss_mb']:>12,.0f} {r['selected']:>9,}")
+    module = "benchmarks.select_streaming"
+    results = [run_child(module, "streaming", big), run_child(module, "streaming", small),
+               run_child(module, "naive", small)]
+    print_table([("mode", "mode", "<10"), ("rows", "rows", ">11,"), ("seconds", "seconds", ">8.1f"),
+                 ("rows_per_s", "rows/s", ">11,.0f"), ("peak_rss_mb", "peak RSS MB", ">12,.0f"),
+                 ("selected", "selected", ">9,")], results)
     stream_big, stream_small, naive_small = results
-    print(f"ratio peak RSS streaming {stream_big['rows']:,} rows / {stream_small['rows']:,} rows: "
-          f"{stream_big['peak_rss_mb'] / stream_small['peak_rss_mb']:.2f} (1 = independent of catalogue size)")
-    print(f"ratio peak RSS naive / streaming at {naive_small['rows']:,} rows: "
-          f"{naive_small['peak_rss_mb'] / stream_small['peak_rss_mb']:.1f}x")
-    print(f"ratio throughput streaming / naive at {naive_small['rows']:,} rows: "
-          f"{stream_small['rows_per_s'] / naive_small['rows_per_s']:.2f}x")
+    print_ratio(f"peak RSS streaming {stream_big['rows']:,} rows / {stream_small['rows']:,} rows",
+                stream_big["peak_rss_mb"], stream_small["peak_rss_mb"], ".2f", " (1 = independent of catalogue size)")
+    print_ratio(f"peak RSS naive / streaming at {naive_small['rows']:,} rows",
+                naive_small["peak_rss_mb"], stream_small["peak_rss_mb"], ".1f", "x")
+    print_ratio(f"throughput streaming / naive at {naive_small['rows']:,} rows",
+                stream_small["rows_per_s"], naive_small["rows_per_s"], ".2f", "x")
     return 0
 
 

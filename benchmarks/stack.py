@@ -22,16 +22,14 @@ bytes reused under fresh object ids; every object still has its own 5 files on d
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from benchmarks._harness import child_main, peak_rss_mb, print_ratio, print_table, run_child
 
 OUT = Path(__file__).resolve().parent / "out" / "stack"
 SCALE = 6.0
@@ -123,7 +121,7 @@ def naive_stack(cand: pd.DataFrame, manifest: pd.DataFrame, out_prefix: str) -> 
     np.save(out_prefix + ".mask.npy", np.stack(masks))
 
 
-def measure(mode: str, cand_path: Path, man_path: Path) -> dict:
+def measure(mode: str, cand_path: str | Path, man_path: str | Path) -> dict:
     from workflow_scripts.tensors import stack_shard
 
     cand, manifest = pd.read_parquet(cand_path), pd.read_parquet(man_path)
@@ -135,15 +133,8 @@ def measure(mode: str, cand_path: Path, man_path: Path) -> dict:
     else:
         naive_stack(cand, manifest, prefix)
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"mode": mode, "objects": len(cand), "seconds": seconds, "objects_per_s": len(cand) / seconds,
-            "rss_start_mb": rss_start, "peak_rss_mb": peak, "prefix": prefix}
-
-
-def run_child(mode: str, cand_path: Path, man_path: Path) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.stack", "--child", mode, str(cand_path), str(man_path)],
-                          capture_output=True, text=True, check=True)
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+            "rss_start_mb": rss_start, "peak_rss_mb": peak_rss_mb(), "prefix": prefix}
 
 
 def main() -> int:
@@ -152,29 +143,27 @@ def main() -> int:
     parser.add_argument("--small", type=int, default=2_000)
     parser.add_argument("--child", nargs=3, metavar=("MODE", "CANDIDATES", "MANIFEST"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.child:
-        print(json.dumps(measure(args.child[0], Path(args.child[1]), Path(args.child[2]))))
+    if child_main(args.child, measure):
         return 0
 
     OUT.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     big, small = build_shard(args.objects), build_shard(args.small)
     print(f"benchmark shards ready in {time.perf_counter() - t0:.0f} s ({args.objects:,} objects x 5 bands of FITS)")
-    results = [run_child("stack", *big), run_child("stack", *small), run_child("naive", *big)]
-    print(f"{'mode':<7} {'objects':>8} {'seconds':>8} {'objects/s':>10} {'RSS start MB':>13} {'peak RSS MB':>12}")
-    for r in results:
-        print(f"{r['mode']:<7} {r['objects']:>8,} {r['seconds']:>8.1f} {r['objects_per_s']:>10,.0f} "
-              f"{r['rss_start_mb']:>13,.0f} {r['peak_rss_mb']:>12,.0f}")
+    module = "benchmarks.stack"
+    results = [run_child(module, "stack", *big), run_child(module, "stack", *small), run_child(module, "naive", *big)]
+    print_table([("mode", "mode", "<7"), ("objects", "objects", ">8,"), ("seconds", "seconds", ">8.1f"),
+                 ("objects_per_s", "objects/s", ">10,.0f"), ("rss_start_mb", "RSS start MB", ">13,.0f"),
+                 ("peak_rss_mb", "peak RSS MB", ">12,.0f")], results)
     ours, ours_small, naive = results
     same = all(np.array_equal(np.load(f"{ours['prefix']}.{k}.npy", mmap_mode="r"),
                               np.load(f"{naive['prefix']}.{k}.npy", mmap_mode="r")) for k in ("images", "mask"))
     print(f"outputs identical (stack vs naive, images and mask): {same}")
-    print(f"ratio throughput stack / naive at {ours['objects']:,} objects: "
-          f"{ours['objects_per_s'] / naive['objects_per_s']:.1f}x (target >= 3x)")
-    print(f"ratio peak RSS naive / stack at {ours['objects']:,} objects: "
-          f"{naive['peak_rss_mb'] / ours['peak_rss_mb']:.1f}x")
-    print(f"ratio peak RSS stack {ours['objects']:,} / {ours_small['objects']:,} objects: "
-          f"{ours['peak_rss_mb'] / ours_small['peak_rss_mb']:.2f} (1 = independent of N)")
+    print_ratio(f"throughput stack / naive at {ours['objects']:,} objects",
+                ours["objects_per_s"], naive["objects_per_s"], ".1f", "x (target >= 3x)")
+    print_ratio(f"peak RSS naive / stack at {ours['objects']:,} objects", naive["peak_rss_mb"], ours["peak_rss_mb"], ".1f", "x")
+    print_ratio(f"peak RSS stack {ours['objects']:,} / {ours_small['objects']:,} objects",
+                ours["peak_rss_mb"], ours_small["peak_rss_mb"], ".2f", " (1 = independent of N)")
     return 0
 
 

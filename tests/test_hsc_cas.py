@@ -18,6 +18,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from tests.servers.clients import Sleeps, loopback_client_kwargs
 from tests.servers.hsc_cas import add_tract_patch, start_cas_server
 from tests.servers.synthetic import catalog_table, make_catalog
 from workflow_scripts.contracts import CATALOG_COLUMNS, CATALOG_SCHEMA, ContractError
@@ -37,7 +38,6 @@ from workflow_scripts.services.http import (
     RetryPolicy,
     ServiceUnavailableError,
     TruncatedResponseError,
-    make_session,
     scrub,
 )
 
@@ -50,20 +50,8 @@ CUTS = {"z": 150.0, "y": 200.0}
 
 
 # ---------------------------------------------------------------------------- helpers
-class Sleeps(list):
-    """A no-op ``sleep`` that records what it was asked to wait."""
-
-    def __call__(self, seconds: float) -> None:
-        self.append(seconds)
-
-
 def make_client(url: str, password: str = PASSWORD, **kwargs) -> HscCasClient:
-    kwargs.setdefault("sleep", Sleeps())
-    kwargs.setdefault("timeout_s", 5)
-    session = make_session()
-    session.trust_env = False  # a CI HTTP_PROXY must not capture 127.0.0.1
-    kwargs.setdefault("session", session)
-    return HscCasClient(url, Credentials(USER, password, source="test"), **kwargs)
+    return HscCasClient(url, Credentials(USER, password, source="test"), **loopback_client_kwargs(kwargs))
 
 
 def expected_rows(df: pd.DataFrame, box: dict | None = None, cuts: dict | None = None) -> pd.DataFrame:

@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import logging
 import traceback
-from pathlib import Path
 
 import pytest
 
+from tests.servers.clients import Sleeps, loopback_client_kwargs, no_part_files
 from tests.servers.hsc_das import parse_angle, parse_list, start_das_server
 from tests.servers.images import Footprint, GaussianProvider
 from workflow_scripts.cutout_cache import CutoutCache, CutoutRequest
 from workflow_scripts.cutout_format import read_hsc_cutout
 from workflow_scripts.services.credentials import Credentials
 from workflow_scripts.services.hsc_das import DEFAULT_DAS_URL, LIST_HEADER, HscDasClient
-from workflow_scripts.services.http import AuthenticationError, make_session
+from workflow_scripts.services.http import AuthenticationError
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -28,18 +28,8 @@ HALF = 3.0  # arcsec: a 6" cutout
 FOOTPRINT = Footprint(ra=(149.0, 151.0), dec=(0.0, 3.0))
 
 
-class Sleeps(list):
-    def __call__(self, seconds: float) -> None:
-        self.append(seconds)
-
-
 def make_client(url: str, password: str = PASSWORD, **kwargs) -> HscDasClient:
-    kwargs.setdefault("sleep", Sleeps())
-    kwargs.setdefault("timeout_s", 5)
-    session = make_session()
-    session.trust_env = False  # a CI HTTP_PROXY must not capture 127.0.0.1
-    kwargs.setdefault("session", session)
-    return HscDasClient(url, Credentials(USER, password, source="test"), **kwargs)
+    return HscDasClient(url, Credentials(USER, password, source="test"), **loopback_client_kwargs(kwargs))
 
 
 def make_requests(n: int, bands: str = "gi", first_id: int = 1000, ra0: float = 150.0) -> list[CutoutRequest]:
@@ -52,10 +42,6 @@ def statuses(rows: list[dict]) -> dict[tuple[int, str], str]:
 
 def requested(server) -> list[tuple[float, float, str]]:
     return [(r.ra, r.dec, r.band) for post in server.posts for r in post["rows"]]
-
-
-def no_part_files(root: Path) -> bool:
-    return not [p for p in root.rglob("*") if p.name.endswith(".part")]
 
 
 @pytest.fixture

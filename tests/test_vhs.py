@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.servers.clients import Sleeps, loopback_client_kwargs, no_part_files
 from tests.servers.images import Footprint, GaussianProvider
 from tests.servers.vsa import start_vsa_server
 from workflow_scripts.cutout_cache import CutoutCache, CutoutRequest
 from workflow_scripts.cutout_format import read_vhs_cutout
-from workflow_scripts.services.http import make_session
 from workflow_scripts.services.vhs import DEFAULT_VSA_URL, VhsClient, image_links
 
 pytestmark = pytest.mark.timeout(60)
@@ -24,26 +24,12 @@ FOOTPRINT = Footprint(ra=(149.0, 151.0), dec=(0.0, 3.0))
 ASTROQUERY_PAGE = Path(__import__("astroquery").__file__).parent / "ukidss/tests/data/image_results.html"
 
 
-class Sleeps(list):
-    def __call__(self, seconds: float) -> None:
-        self.append(seconds)
-
-
 def make_client(url: str, **kwargs) -> VhsClient:
-    kwargs.setdefault("sleep", Sleeps())
-    kwargs.setdefault("timeout_s", 5)
-    session = make_session()
-    session.trust_env = False
-    kwargs.setdefault("session", session)
-    return VhsClient(url, **kwargs)
+    return VhsClient(url, **loopback_client_kwargs(kwargs))
 
 
 def make_requests(n: int, first_id: int = 1000, ra0: float = 150.0) -> list[CutoutRequest]:
     return [CutoutRequest(first_id + k, ra0 + 0.001 * k, 1.5, b, HALF) for k in range(n) for b in ("J", "Ks")]
-
-
-def no_part_files(root: Path) -> bool:
-    return not [p for p in root.rglob("*") if p.name.endswith(".part")]
 
 
 @pytest.fixture

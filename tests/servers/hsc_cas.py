@@ -24,27 +24,34 @@ CLI (for the workflow test with ``source: hsc``)::
 
 from __future__ import annotations
 
-import argparse
 import csv
 import gzip
 import io
 import json
 import logging
-import os
 import re
-import signal
 import sqlite3
 import sys
-import threading
-import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from tests.servers.base import (
+    LoopbackHandler,
+    LoopbackServer,
+    TransportFaults,
+    cli_parser,
+    password_from_env,
+    read_config,
+    serve_cli,
+    simulate_config_shards,
+    start_cli,
+    start_with_faults,
+    tract_grid,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -56,13 +63,10 @@ _SCHEMA_RE = re.compile(r"^[a-z0-9_]+$")
 
 
 @dataclass
-class Faults:
-    """Fault injection; counters count down as faults fire (change them any time)."""
+class Faults(TransportFaults):
+    """Fault injection (``fail_503``, ``delay_s``, ``delay_first`` of :class:`TransportFaults`, any operation, plus these)."""
 
     reject_auth: bool = False  # answer 401 even to the right password
-    fail_503: int = 0  # the next N requests (any operation) get HTTP 503
-    delay_s: float = 0.0  # stall this long, then drop the connection unanswered...
-    delay_first: int = 0  # ...for the next K requests (set delay_s > client timeout)
     truncate_downloads: int = 0  # next N downloads: full Content-Length announced, half sent, closed
     job_error: str | None = None  # jobs end in status "error" with this text
     polls_until_done: int = 1  # status polls answered "running" before "done"
@@ -118,17 +122,18 @@ def add_tract_patch(df: pd.DataFrame, tract_deg: float = 1.5, patches: int = 9) 
     out = df.copy()
     ra = out["ra"].to_numpy() % 360.0
     dec = out["dec"].to_numpy()
-    iy = np.floor((dec + 90.0) / tract_deg).astype(np.int64)
-    ix = np.floor(ra / tract_deg).astype(np.int64)
-    out["tract"] = (iy * int(np.ceil(360.0 / tract_deg)) + ix).astype(np.int64)
+    ix, iy, tract = tract_grid(ra, dec, tract_deg)
+    out["tract"] = tract.astype(np.int64)
     px = np.clip(((ra - ix * tract_deg) / tract_deg * patches).astype(np.int64), 0, patches - 1)
     py = np.clip(((dec + 90.0 - iy * tract_deg) / tract_deg * patches).astype(np.int64), 0, patches - 1)
     out["patch"] = (100 * px + py).astype(np.int64)
     return out
 
 
-class CasServer:
+class CasServer(LoopbackServer):
     """The loopback CAS: an HTTP server thread plus a sqlite catalogue and a job table."""
+
+    label = "CAS"
 
     def __init__(
         self,
@@ -145,47 +150,20 @@ class CasServer:
     ) -> None:
         if not _SCHEMA_RE.match(schema):
             raise ValueError(f"bad schema name {schema!r}")
+        super().__init__(faults or Faults(), base_path if base_path.endswith("/") else base_path + "/")
         self.user = user
         self._password = password
         self.schema = schema
-        self.base_path = base_path if base_path.endswith("/") else base_path + "/"
         self.preview_rows = preview_rows
-        self.faults = faults or Faults()
         #: Every request seen: {"op", "body", "http_auth"}, the body's password replaced by "***".
         self.requests: list[dict[str, Any]] = []
-        self._lock = threading.Lock()
         self._jobs: dict[int, _Job] = {}
         self._next_id = 1000
         self._db = sqlite3.connect(":memory:", check_same_thread=False)
         self._db.execute(f"ATTACH DATABASE ':memory:' AS {schema}")
         self._bool_columns: set[str] = set()
         self.load_catalog(catalog_df)
-        self._httpd = _HTTPServer((host, port), _Handler, self)
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="cas-loopback", daemon=True
-        )
-        self._thread.start()
-
-    # ------------------------------------------------------------------ lifecycle
-    @property
-    def port(self) -> int:
-        return self._httpd.server_address[1]
-
-    @property
-    def url(self) -> str:
-        """Base URL of the job API, ending in ``/`` (pass as ``api_url``)."""
-        return f"http://{self._httpd.server_address[0]}:{self.port}{self.base_path}"
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(timeout=5)
-
-    def __enter__(self) -> "CasServer":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
+        self._serve(host, port, _Handler)  # ``url``: the job API, ending in ``/`` (pass as ``api_url``)
 
     @property
     def jobs(self) -> dict[int, str]:
@@ -231,24 +209,6 @@ class CasServer:
         return columns, rows
 
     # ------------------------------------------------------------------ protocol
-    def _check_faults_before(self, handler: "_Handler") -> bool:
-        """Apply delay/503 faults; True if the request was answered (or dropped)."""
-        with self._lock:
-            delay = self.faults.delay_first > 0 and self.faults.delay_s > 0
-            if delay:
-                self.faults.delay_first -= 1
-            fail = not delay and self.faults.fail_503 > 0
-            if fail:
-                self.faults.fail_503 -= 1
-        if delay:
-            time.sleep(self.faults.delay_s)
-            handler.close_connection = True  # the client gave up long ago: drop it unanswered
-            return True
-        if fail:
-            handler.send_text(503, "Service Temporarily Unavailable")
-            return True
-        return False
-
     def handle(self, handler: "_Handler") -> None:
         if not handler.path.startswith(self.base_path):
             handler.send_text(404, "not found")
@@ -256,7 +216,7 @@ class CasServer:
         op = handler.path[len(self.base_path):].strip("/")
         length = int(handler.headers.get("Content-Length") or 0)
         raw = handler.rfile.read(length)
-        if self._check_faults_before(handler):
+        if self.fault_before(handler):
             return
         if op not in OPERATIONS:
             handler.send_text(404, f"unknown operation {op!r}")
@@ -269,8 +229,7 @@ class CasServer:
             return
         cred = body.get("credential") or {}
         logged = dict(body, credential={"account_name": cred.get("account_name"), "password": "***"})
-        with self._lock:
-            self.requests.append({"op": op, "body": logged, "http_auth": "Authorization" in handler.headers})
+        self._log_request({"op": op, "body": logged, "http_auth": "Authorization" in handler.headers})
         if self.faults.reject_auth or cred.get("account_name") != self.user or cred.get("password") != self._password:
             handler.send_text(401, "invalid id or password")
             return
@@ -337,19 +296,8 @@ class CasServer:
         content_type = "text/csv; charset=utf-8"
         if job.out_format == "csv.gz":
             payload, content_type = gzip.compress(payload, mtime=0), "application/gzip"
-        with self._lock:
-            truncate = self.faults.truncate_downloads > 0
-            if truncate:
-                self.faults.truncate_downloads -= 1
-        handler.send_response(200)
-        handler.send_header("Content-Type", content_type)
-        handler.send_header("Content-Length", str(len(payload)))
-        handler.end_headers()
-        if truncate:
-            handler.wfile.write(payload[: len(payload) // 2])
-            handler.close_connection = True
-            return
-        handler.wfile.write(payload)
+        # truncate_downloads: full Content-Length announced, half sent, closed
+        handler.send_body(200, payload, content_type, truncate=self.take_fault("truncate_downloads"))
 
     def _op_cancel(self, handler: "_Handler", body: dict) -> None:
         if (job := self._job(handler, body)) is None:
@@ -393,45 +341,15 @@ class CasServer:
         return buf.getvalue().encode("utf-8")
 
 
-class _HTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-
-    def __init__(self, address: tuple[str, int], handler: type, app: CasServer) -> None:
-        self.app = app
-        super().__init__(address, handler)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
-            return  # clients that time out or hang up are part of the tests
-        super().handle_error(request, client_address)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive, like the real server behind its proxy
-    server: _HTTPServer
-
+class _Handler(LoopbackHandler):
     def do_POST(self) -> None:  # noqa: N802 (http.server naming)
         self.server.app.handle(self)
 
     def do_GET(self) -> None:  # noqa: N802
         self.send_text(405, "the catalogue job API only accepts POST")
 
-    def send_text(self, code: int, text: str) -> None:
-        self._send(code, text.encode("utf-8"), "text/plain; charset=utf-8")
-
     def send_json(self, code: int, obj: Any) -> None:
-        self._send(code, json.dumps(obj).encode("utf-8"), "application/json")
-
-    def _send(self, code: int, payload: bytes, content_type: str) -> None:
-        self.send_response(code)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        logger.debug("loopback CAS: " + format, *args)
+        self.send_body(code, json.dumps(obj).encode("utf-8"), "application/json")
 
 
 def start_cas_server(catalog_df: pd.DataFrame, user: str, password: str, **options: Any) -> CasServer:
@@ -440,66 +358,27 @@ def start_cas_server(catalog_df: pd.DataFrame, user: str, password: str, **optio
     *options*: any :class:`Faults` field (``fail_503=2``, ``truncate_downloads=1``,
     ...) plus ``schema``, ``host``, ``port``, ``base_path``, ``preview_rows``.
     """
-    fault_names = set(Faults.__dataclass_fields__)
-    faults = Faults(**{k: v for k, v in options.items() if k in fault_names})
-    rest = {k: v for k, v in options.items() if k not in fault_names}
-    return CasServer(catalog_df, user, password, faults=faults, **rest)
+    return start_with_faults(CasServer, Faults, catalog_df, user, password, **options)
 
 
 # ---------------------------------------------------------------------------- CLI
 def simulate_config_catalog(config: dict[str, Any]) -> pd.DataFrame:
     """Every shard of a pipeline config simulated with ``workflow_scripts.sky``, concatenated."""
-    from workflow_scripts.sky import SkyBox, SkyConfig, simulate_shard  # lazy: heavy, and written in parallel
-
-    sky = SkyConfig.from_dict(config.get("sky") or {})
-    frames = []
-    for name, shard in (config.get("shards") or {}).items():
-        if "ra" not in shard or "dec" not in shard:
-            raise SystemExit(f"shard {name!r}: the loopback CAS can only simulate RA/Dec box shards")
-        (ra_min, ra_max), (dec_min, dec_max) = shard["ra"], shard["dec"]
-        cat_df, _truth = simulate_shard(
-            SkyBox(ra_min, ra_max, dec_min, dec_max), shard_name=name, seed=config.get("seed", 0), sky=sky
-        )
-        frames.append(cat_df)
+    _sky, shards = simulate_config_shards(config)
+    for name, cat_df, _truth in shards:
         logger.info("shard %s: %d rows simulated", name, len(cat_df))
-    if not frames:
-        raise SystemExit("config has no shards")
-    return pd.concat(frames, ignore_index=True)
+    return pd.concat([cat_df for _, cat_df, _ in shards], ignore_index=True)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", required=True, type=Path, help="pipeline config YAML (seed, sky, shards)")
-    parser.add_argument("--port-file", required=True, type=Path, help="write the listening port here")
-    parser.add_argument("--user", required=True, help="account name the server accepts")
-    parser.add_argument("--password-env", default="HSC_SSP_CAS_PASSWORD", help="env var holding the password")
+    parser = cli_parser(__doc__.split("\n")[0], account=True)
     parser.add_argument("--schema", default=None, help="schema name (default: config hsc.schema or pdr3_wide)")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-
-    import yaml
-
-    password = os.environ.get(args.password_env)
-    if not password:
-        parser.error(f"environment variable {args.password_env} is not set")
-    config = yaml.safe_load(args.config.read_text()) or {}
+    args = start_cli(parser, argv)
+    password = password_from_env(parser, args)
+    config = read_config(args.config)
     schema = args.schema or (config.get("hsc") or {}).get("schema") or "pdr3_wide"
     server = CasServer(simulate_config_catalog(config), args.user, password, schema=schema, host=args.host, port=args.port)
-
-    tmp = args.port_file.with_name(args.port_file.name + ".tmp")
-    tmp.write_text(f"{server.port}\n")
-    os.replace(tmp, args.port_file)  # readers never see a half-written port
-    logger.info("loopback CAS listening at %s", server.url)
-
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    while not stop.wait(0.5):
-        pass
-    server.stop()
-    return 0
+    return serve_cli(server, args.port_file)
 
 
 if __name__ == "__main__":

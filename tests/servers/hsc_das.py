@@ -36,7 +36,6 @@ CLI (for the workflow test with ``source: hsc``)::
 
 from __future__ import annotations
 
-import argparse
 import base64
 import email.parser
 import email.policy
@@ -47,17 +46,28 @@ import os
 import re
 import sys
 import tarfile
-import threading
 import time
 import urllib.parse
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
+
+from tests.servers.base import (
+    LoopbackHandler,
+    LoopbackServer,
+    Provider,
+    TransportFaults,
+    cli_parser,
+    garbled,
+    near,
+    password_from_env,
+    read_config,
+    serve_cli,
+    start_cli,
+    start_with_faults,
+    tract_grid,
+)
 
 logger = logging.getLogger(__name__)
-
-Provider = Callable[[float, float, str, float], "bytes | None"]
 
 BASE_PATH = "/das_cutout/pdr3/cgi-bin/cutout"  # as on hsc-release.mtk.nao.ac.jp
 FILTERS = {"g": "HSC-G", "r": "HSC-R", "i": "HSC-I", "z": "HSC-Z", "y": "HSC-Y"}
@@ -171,10 +181,8 @@ def parse_list(text: str) -> list[Row]:
 
 
 def tract_of(ra: float, dec: float, tract_deg: float = 1.5) -> int:
-    """A plausible tract number (coarse RA/Dec grid, as in ``tests.servers.hsc_cas``)."""
-    iy = math.floor((dec + 90.0) / tract_deg)
-    ix = math.floor((ra % 360.0) / tract_deg)
-    return int(iy * math.ceil(360.0 / tract_deg) + ix)
+    """A plausible tract number (the loopback servers' coarse RA/Dec grid, :func:`~tests.servers.base.tract_grid`)."""
+    return int(tract_grid(ra, dec, tract_deg)[2])
 
 
 def member_name(row: Row, archive: str, tract: int) -> str:
@@ -199,18 +207,11 @@ def tar_end(written: int) -> bytes:
 
 
 # ---------------------------------------------------------------------------- server
-def _near(a: tuple[float, float, str], b: tuple[float, float, str]) -> bool:
-    return abs(a[0] - b[0]) < 1e-7 and abs(a[1] - b[1]) < 1e-7 and a[2] == b[2]
-
-
 @dataclass
-class Faults:
-    """Fault injection; counters count down as faults fire (change them any time)."""
+class Faults(TransportFaults):
+    """Fault injection (``fail_503``, ``delay_s``, ``delay_first`` of :class:`TransportFaults`, plus these)."""
 
     reject_auth: bool = False  # 401 even for the right password
-    fail_503: int = 0  # the next N requests get HTTP 503
-    delay_s: float = 0.0  # stall this long, then drop the connection unanswered...
-    delay_first: int = 0  # ...for the next K requests (set delay_s > client timeout)
     truncate_after: int | None = None  # close the tar stream after this many members...
     truncate_times: int = 1  # ...in this many responses
     truncate_mid_member: bool = False  # cut inside the next member instead of at its start
@@ -219,47 +220,24 @@ class Faults:
     member_delay_s: float = 0.0  # pause before each member (makes batches overlap)
 
 
-class DasServer:
+class DasServer(LoopbackServer):
     """The loopback DAS: an HTTP server thread plus a cutout provider."""
+
+    label = "DAS"
 
     def __init__(self, provider: Provider, user: str, password: str, *, host: str = "127.0.0.1", port: int = 0,
                  base_path: str = BASE_PATH, chunked: bool = True, faults: Faults | None = None) -> None:
+        super().__init__(faults or Faults(), base_path)
         self.provider = provider
         self.user = user
         self._password = password
-        self.base_path = base_path
         self.chunked = chunked
-        self.faults = faults or Faults()
         #: Every request: {"method", "rows" (parsed), "list" (raw text), "auth_header"}.
         self.requests: list[dict[str, Any]] = []
         self.active = 0
         self.max_active = 0
         self._archives = 0
-        self._lock = threading.Lock()
-        self._httpd = _HTTPServer((host, port), _Handler, self)
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="das-loopback", daemon=True)
-        self._thread.start()
-
-    # ------------------------------------------------------------------ lifecycle
-    @property
-    def port(self) -> int:
-        return self._httpd.server_address[1]
-
-    @property
-    def url(self) -> str:
-        return f"http://{self._httpd.server_address[0]}:{self.port}{self.base_path}"
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(timeout=5)
-
-    def __enter__(self) -> "DasServer":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
+        self._serve(host, port, _Handler)
 
     @property
     def posts(self) -> list[dict[str, Any]]:
@@ -276,33 +254,16 @@ class DasServer:
             return False
         return user == self.user and hmac.compare_digest(password.encode(), self._password.encode())
 
-    def _fault_before(self, handler: "_Handler") -> bool:
-        with self._lock:
-            delay = self.faults.delay_first > 0 and self.faults.delay_s > 0
-            if delay:
-                self.faults.delay_first -= 1
-            fail = not delay and self.faults.fail_503 > 0
-            if fail:
-                self.faults.fail_503 -= 1
-        if delay:
-            time.sleep(self.faults.delay_s)
-            handler.close_connection = True
-            return True
-        if fail:
-            handler.send_text(503, "Service Temporarily Unavailable")
-        return fail
-
     def handle(self, handler: "_Handler", method: str) -> None:
         url = urllib.parse.urlsplit(handler.path)
         body = handler.rfile.read(int(handler.headers.get("Content-Length") or 0)) if method == "POST" else b""
         record: dict[str, Any] = {"method": method, "rows": [], "list": None,
                                   "auth_header": "Authorization" in handler.headers}
-        with self._lock:
-            self.requests.append(record)
+        self._log_request(record)
         if url.path != self.base_path:
             handler.send_text(404, "not found")
             return
-        if self._fault_before(handler):
+        if self.fault_before(handler):
             return
         if not self._authorized(handler):
             handler.send_response(401)
@@ -331,7 +292,7 @@ class DasServer:
         if data is None:
             handler.send_text(404, "No data found for this position")
             return
-        handler.send_bytes(200, data, "application/fits")
+        handler.send_body(200, data, "application/fits")
 
     def _post(self, handler: "_Handler", body: bytes, record: dict[str, Any]) -> None:
         try:
@@ -350,9 +311,7 @@ class DasServer:
             self.max_active = max(self.max_active, self.active)
             self._archives += 1
             archive = f"arch-{time.strftime('%y%m%d')}-{os.getpid() % 100000:05d}{self._archives:03d}"
-            truncate = self.faults.truncate_after is not None and self.faults.truncate_times > 0
-            if truncate:
-                self.faults.truncate_times -= 1
+            truncate = self.faults.truncate_after is not None and self._take_locked("truncate_times")
         try:
             self._stream_tar(handler, rows, archive, self.faults.truncate_after if truncate else None)
         finally:
@@ -361,8 +320,8 @@ class DasServer:
 
     def _cutout(self, row: Row) -> bytes | None:
         data = self.provider(row.ra, row.dec, row.band, row.half_size_arcsec)
-        if data is not None and any(_near((row.ra, row.dec, row.band), c) for c in self.faults.corrupt):
-            data = (b"CORRUPT " * (len(data) // 8 + 1))[: len(data)]
+        if data is not None and any(near((row.ra, row.dec, row.band), c) for c in self.faults.corrupt):
+            data = garbled(data)
         return data
 
     def _members(self, rows: list[Row], archive: str) -> Iterator[bytes]:
@@ -416,39 +375,12 @@ def _multipart_field(content_type: str, body: bytes, name: str) -> str:
     raise ValueError(f"multipart body has no field {name!r}")
 
 
-class _HTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-
-    def __init__(self, address: tuple[str, int], handler: type, app: DasServer) -> None:
-        self.app = app
-        super().__init__(address, handler)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
-            return  # clients that time out or hang up are part of the tests
-        super().handle_error(request, client_address)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: _HTTPServer
-
+class _Handler(LoopbackHandler):
     def do_POST(self) -> None:  # noqa: N802 (http.server naming)
         self.server.app.handle(self, "POST")
 
     def do_GET(self) -> None:  # noqa: N802
         self.server.app.handle(self, "GET")
-
-    def send_text(self, code: int, text: str) -> None:
-        self.send_bytes(code, text.encode("utf-8"), "text/plain; charset=utf-8")
-
-    def send_bytes(self, code: int, payload: bytes, content_type: str) -> None:
-        self.send_response(code)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
 
     def send_chunk(self, data: bytes, chunked: bool) -> None:
         if not data:
@@ -467,9 +399,6 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:
             pass
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        logger.debug("loopback DAS: " + format, *args)
-
 
 def start_das_server(provider: Provider, user: str, password: str, **options: Any) -> DasServer:
     """Start a loopback DAS on 127.0.0.1 (free port); use as a context manager or call ``.stop()``.
@@ -477,9 +406,7 @@ def start_das_server(provider: Provider, user: str, password: str, **options: An
     *options*: any :class:`Faults` field (``fail_503=2``, ``truncate_after=3``, ...)
     plus ``host``, ``port``, ``base_path``, ``chunked``.
     """
-    names = set(Faults.__dataclass_fields__)
-    faults = Faults(**{k: v for k, v in options.items() if k in names})
-    return DasServer(provider, user, password, faults=faults, **{k: v for k, v in options.items() if k not in names})
+    return start_with_faults(DasServer, Faults, provider, user, password, **options)
 
 
 # ---------------------------------------------------------------------------- CLI
@@ -498,29 +425,12 @@ def mock_provider(config: dict[str, Any]) -> Provider:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", required=True, type=Path, help="pipeline config YAML (seed, sky, shards)")
-    parser.add_argument("--port-file", required=True, type=Path, help="write the listening port here")
-    parser.add_argument("--user", required=True, help="account name the server accepts")
-    parser.add_argument("--password-env", default="HSC_SSP_CAS_PASSWORD", help="env var holding the password")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-
-    import yaml
-
-    from tests.servers.images import serve_until_signalled, write_port_file
-
-    password = os.environ.get(args.password_env)
-    if not password:
-        parser.error(f"environment variable {args.password_env} is not set")
-    config = yaml.safe_load(args.config.read_text()) or {}
-    server = DasServer(mock_provider(config), args.user, password, host=args.host, port=args.port)
-    write_port_file(args.port_file, server.port)
-    logger.info("loopback DAS listening at %s", server.url)
-    serve_until_signalled(server.stop)
-    return 0
+    parser = cli_parser(__doc__.split("\n")[0], account=True)
+    args = start_cli(parser, argv)
+    password = password_from_env(parser, args)
+    config = read_config(args.config)
+    return serve_cli(DasServer(mock_provider(config), args.user, password, host=args.host, port=args.port),
+                     args.port_file)
 
 
 if __name__ == "__main__":

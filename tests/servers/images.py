@@ -97,47 +97,12 @@ def mock_imager_from_config(config: dict):
     """``MockImager`` over every shard of a pipeline config (``seed``, ``sky``, ``shards``)."""
     import pandas as pd
 
-    from workflow_scripts.sky import SkyBox, SkyConfig, simulate_shard
+    from tests.servers.base import simulate_config_shards
 
     try:
         from workflow_scripts.sky.render import MockImager
     except ImportError as exc:  # written in parallel; say so instead of a bare traceback
         raise SystemExit(f"workflow_scripts.sky.render.MockImager is not available ({exc})") from None
-    sky = SkyConfig.from_dict(config.get("sky") or {})
-    catalogs, truths = [], []
-    for name, shard in (config.get("shards") or {}).items():
-        if "ra" not in shard or "dec" not in shard:
-            raise SystemExit(f"shard {name!r}: only RA/Dec box shards can be simulated")
-        (ra_min, ra_max), (dec_min, dec_max) = shard["ra"], shard["dec"]
-        cat, truth = simulate_shard(SkyBox(ra_min, ra_max, dec_min, dec_max), shard_name=name,
-                                    seed=config.get("seed", 0), sky=sky)
-        catalogs.append(cat)
-        truths.append(truth)
-    if not catalogs:
-        raise SystemExit("config has no shards")
-    return MockImager(pd.concat(catalogs, ignore_index=True), pd.concat(truths, ignore_index=True),
-                      seed=config.get("seed", 0), sky=sky)
-
-
-def write_port_file(path, port: int) -> None:
-    """Write *port* so that readers never see a half-written file."""
-    import os
-    from pathlib import Path
-
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(f"{port}\n")
-    os.replace(tmp, path)
-
-
-def serve_until_signalled(stop_server) -> None:
-    """Block until SIGTERM/SIGINT, then call *stop_server*."""
-    import signal
-    import threading
-
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    while not stop.wait(0.5):
-        pass
-    stop_server()
+    sky, shards = simulate_config_shards(config)
+    return MockImager(pd.concat([cat for _, cat, _ in shards], ignore_index=True),
+                      pd.concat([truth for _, _, truth in shards], ignore_index=True), seed=config.get("seed", 0), sky=sky)

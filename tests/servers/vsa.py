@@ -23,20 +23,27 @@ CLI (for the workflow test)::
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
-import threading
-import time
 import urllib.parse
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+
+from tests.servers.base import (
+    LoopbackHandler,
+    LoopbackServer,
+    Provider,
+    TransportFaults,
+    cli_parser,
+    garbled,
+    near,
+    read_config,
+    serve_cli,
+    start_cli,
+    start_with_faults,
+)
 
 logger = logging.getLogger(__name__)
-
-Provider = Callable[[float, float, str, float], "bytes | None"]
 
 BASE_PATH = "/vdfs/"
 BAND_OF_FILTER = {"1": "Z", "2": "Y", "3": "J", "4": "H", "5": "Ks"}
@@ -44,81 +51,36 @@ REQUIRED = ("database", "programmeID", "sys", "ra", "dec", "filterID", "obsType"
 
 
 @dataclass
-class Faults:
-    """Fault injection; counters count down as they fire."""
+class Faults(TransportFaults):
+    """Fault injection (``fail_503``, ``delay_s``, ``delay_first`` of :class:`TransportFaults`, plus these)."""
 
-    fail_503: int = 0
-    delay_s: float = 0.0
-    delay_first: int = 0
     truncate_downloads: int = 0
     corrupt: list[tuple[float, float, str]] = field(default_factory=list)
     bad_first_link: bool = False
     pending_pages: int = 0  # GetImage answers "Processing ..." this many times first
 
 
-def _near(a: tuple[float, float, str], b: tuple[float, float, str]) -> bool:
-    return abs(a[0] - b[0]) < 1e-7 and abs(a[1] - b[1]) < 1e-7 and a[2] == b[2]
-
-
-class VsaServer:
+class VsaServer(LoopbackServer):
     """The loopback VSA: an HTTP server thread plus a cutout provider."""
+
+    label = "VSA"
+    unavailable_type = "text/plain"
 
     def __init__(self, provider: Provider, *, host: str = "127.0.0.1", port: int = 0, base_path: str = BASE_PATH,
                  database_prefix: str = "VHSDR", faults: Faults | None = None) -> None:
+        super().__init__(faults or Faults(), base_path if base_path.endswith("/") else base_path + "/")
         self.provider = provider
-        self.base_path = base_path if base_path.endswith("/") else base_path + "/"
         self.database_prefix = database_prefix
-        self.faults = faults or Faults()
         #: Every request: {"endpoint", "params"}.
         self.requests: list[dict[str, Any]] = []
         self.active = 0
         self.max_active = 0
-        self._lock = threading.Lock()
-        self._httpd = _HTTPServer((host, port), _Handler, self)
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="vsa-loopback", daemon=True)
-        self._thread.start()
-
-    @property
-    def port(self) -> int:
-        return self._httpd.server_address[1]
-
-    @property
-    def url(self) -> str:
-        """Server base URL ending in ``/`` (astroquery's ``conf.server`` form)."""
-        return f"http://{self._httpd.server_address[0]}:{self.port}{self.base_path}"
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(timeout=5)
-
-    def __enter__(self) -> "VsaServer":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
+        self._serve(host, port, _Handler)  # ``url`` ends in ``/`` (astroquery's ``conf.server`` form)
 
     def count(self, endpoint: str) -> int:
         return sum(1 for r in self.requests if r["endpoint"] == endpoint)
 
     # ------------------------------------------------------------------ protocol
-    def _fault_before(self, handler: "_Handler") -> bool:
-        with self._lock:
-            delay = self.faults.delay_first > 0 and self.faults.delay_s > 0
-            if delay:
-                self.faults.delay_first -= 1
-            fail = not delay and self.faults.fail_503 > 0
-            if fail:
-                self.faults.fail_503 -= 1
-        if delay:
-            time.sleep(self.faults.delay_s)
-            handler.close_connection = True
-            return True
-        if fail:
-            handler.send_body(503, b"Service Temporarily Unavailable", "text/plain")
-        return fail
-
     def handle(self, handler: "_Handler") -> None:
         url = urllib.parse.urlsplit(handler.path)
         params = {k: v[0] for k, v in urllib.parse.parse_qs(url.query, keep_blank_values=True).items()}
@@ -128,7 +90,7 @@ class VsaServer:
             self.active += 1
             self.max_active = max(self.max_active, self.active)
         try:
-            if self._fault_before(handler):
+            if self.fault_before(handler):
                 return
             if endpoint == "GetImage":
                 self._get_image(handler, params)
@@ -158,11 +120,7 @@ class VsaServer:
         except (KeyError, ValueError) as exc:
             self._page(handler, f"<p>Error: {exc}</p>")
             return
-        with self._lock:
-            pending = self.faults.pending_pages > 0
-            if pending:
-                self.faults.pending_pages -= 1
-        if pending:
+        if self.take_fault("pending_pages"):
             self._page(handler, "<br>Processing ...<br>Connecting to database")
             return
         head = (f"<br><b>J2000 coords:</b> RA: {ra} Dec:{dec}<br><b>Programme:</b> {p['programmeID']}"
@@ -196,61 +154,20 @@ class VsaServer:
         if data is None:
             handler.send_body(404, b"no such frame", "text/plain")
             return
-        if p.get("kind") == "bad" or any(_near((ra, dec, band), c) for c in self.faults.corrupt):
-            data = (b"CORRUPT " * (len(data) // 8 + 1))[: len(data)]
-        with self._lock:
-            truncate = self.faults.truncate_downloads > 0
-            if truncate:
-                self.faults.truncate_downloads -= 1
-        if truncate:
-            handler.send_response(200)
-            handler.send_header("Content-Type", "application/fits")
-            handler.send_header("Content-Length", str(len(data)))
-            handler.end_headers()
-            handler.wfile.write(data[: len(data) // 2])
-            handler.close_connection = True
-            return
-        handler.send_body(200, data, "application/fits")
+        if p.get("kind") == "bad" or any(near((ra, dec, band), c) for c in self.faults.corrupt):
+            data = garbled(data)
+        handler.send_body(200, data, "application/fits", truncate=self.take_fault("truncate_downloads"))
 
 
-class _HTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-
-    def __init__(self, address: tuple[str, int], handler: type, app: VsaServer) -> None:
-        self.app = app
-        super().__init__(address, handler)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
-            return
-        super().handle_error(request, client_address)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: _HTTPServer
-
+class _Handler(LoopbackHandler):
     def do_GET(self) -> None:  # noqa: N802
         self.server.app.handle(self)
-
-    def send_body(self, code: int, payload: bytes, content_type: str) -> None:
-        self.send_response(code)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        logger.debug("loopback VSA: " + format, *args)
 
 
 def start_vsa_server(provider: Provider, **options: Any) -> VsaServer:
     """Start a loopback VSA on 127.0.0.1 (free port); *options*: :class:`Faults` fields plus
     ``host``, ``port``, ``base_path``, ``database_prefix``."""
-    names = set(Faults.__dataclass_fields__)
-    faults = Faults(**{k: v for k, v in options.items() if k in names})
-    return VsaServer(provider, faults=faults, **{k: v for k, v in options.items() if k not in names})
+    return start_with_faults(VsaServer, Faults, provider, **options)
 
 
 # ---------------------------------------------------------------------------- CLI
@@ -269,24 +186,10 @@ def mock_provider(config: dict[str, Any]) -> Provider:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", required=True, type=Path, help="pipeline config YAML (seed, sky, shards)")
-    parser.add_argument("--port-file", required=True, type=Path, help="write the listening port here")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-
-    import yaml
-
-    from tests.servers.images import serve_until_signalled, write_port_file
-
-    config = yaml.safe_load(args.config.read_text()) or {}
-    server = VsaServer(mock_provider(config), host=args.host, port=args.port)
-    write_port_file(args.port_file, server.port)
-    logger.info("loopback VSA listening at %s", server.url)
-    serve_until_signalled(server.stop)
-    return 0
+    parser = cli_parser(__doc__.split("\n")[0], account=False)
+    args = start_cli(parser, argv)
+    config = read_config(args.config)
+    return serve_cli(VsaServer(mock_provider(config), host=args.host, port=args.port), args.port_file)
 
 
 if __name__ == "__main__":

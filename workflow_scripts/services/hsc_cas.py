@@ -51,14 +51,18 @@ from workflow_scripts.contracts import (
 
 from .credentials import Credentials
 from .http import (
-    AuthenticationError,
     QueryError,
     RetryPolicy,
     ServiceError,
     TruncatedResponseError,
     body_snippet,
+    check_credentials,
+    check_http_url,
+    config_kwargs,
     make_session,
     raise_for_status,
+    rejected_credentials,
+    retry_truncated,
     scrub,
     send_with_retry,
     stream_to_file,
@@ -328,16 +332,14 @@ class HscCasClient:
         session: requests.Session | None = None,
         schema: str = "pdr3_wide",
     ) -> None:
-        if not api_url.startswith(("https://", "http://")):
-            raise ValueError(f"api_url must be an http(s) URL, got {api_url!r}")
+        check_http_url(api_url, "api_url")
         if release_version not in RELEASE_VERSIONS:
             raise ValueError(f"release_version must be one of {RELEASE_VERSIONS}, got {release_version!r}")
         if out_format not in OUT_FORMATS:
             raise ValueError(f"out_format must be one of {OUT_FORMATS}, got {out_format!r}")
         if timeout_s <= 0 or poll_initial_s <= 0 or poll_max_s < poll_initial_s:
             raise ValueError("timeout_s and poll_initial_s must be > 0 and poll_max_s >= poll_initial_s")
-        if not isinstance(credentials, Credentials):
-            raise TypeError("credentials must be a Credentials instance (see get_credentials)")
+        check_credentials(credentials)
         self.api_url = api_url if api_url.endswith("/") else api_url + "/"
         self.release_version = release_version
         self.out_format = out_format
@@ -357,17 +359,15 @@ class HscCasClient:
     @classmethod
     def from_config(cls, hsc_cfg: Mapping[str, Any], credentials: Credentials, **overrides: Any) -> "HscCasClient":
         """Client from the pipeline config's ``hsc`` section (unrelated keys are ignored)."""
-        kwargs: dict[str, Any] = {
-            "api_url": hsc_cfg.get("cas_url", DEFAULT_API_URL),
-            "release_version": hsc_cfg.get("release_version", "pdr3"),
-            "schema": hsc_cfg.get("schema", "pdr3_wide"),
-            "out_format": hsc_cfg.get("out_format", "csv"),
-            "timeout_s": hsc_cfg.get("timeout_s", 60),
-            "max_retries": hsc_cfg.get("max_retries", 5),
-            "poll_max_s": hsc_cfg.get("poll_max_interval_s", 300),
-        }
-        kwargs.update(overrides)
-        return cls(credentials=credentials, **kwargs)
+        return cls(credentials=credentials, **config_kwargs(hsc_cfg, {
+            "api_url": ("cas_url", DEFAULT_API_URL),
+            "release_version": ("release_version", "pdr3"),
+            "schema": ("schema", "pdr3_wide"),
+            "out_format": ("out_format", "csv"),
+            "timeout_s": ("timeout_s", 60),
+            "max_retries": ("max_retries", 5),
+            "poll_max_s": ("poll_max_interval_s", 300),
+        }, overrides))
 
     def __repr__(self) -> str:
         return f"HscCasClient(api_url={self.api_url!r}, user={self._credentials.user!r}, release_version={self.release_version!r})"
@@ -397,12 +397,8 @@ class HscCasClient:
         )
         if response.status_code == 401:
             response.close()
-            raise AuthenticationError(
-                f"HSC CAS rejected the account name or password (HTTP 401) for account "
-                f"{self._credentials.user!r} (credentials from {self._credentials.source}); "
-                f"check them at https://hsc-release.mtk.nao.ac.jp/datasearch/",
-                status_code=401,
-            )
+            raise rejected_credentials("HSC CAS", self._credentials,
+                                       "; check them at https://hsc-release.mtk.nao.ac.jp/datasearch/")
         if response.status_code == 406:
             raise QueryError(f"{what} rejected (HTTP 406): {body_snippet(response, self._secrets)}", status_code=406)
         raise_for_status(response, what, self._secrets)
@@ -464,21 +460,14 @@ class HscCasClient:
         """Stream the job's result into *dest* atomically; retry truncated bodies; return bytes."""
         validate = check_gzip_complete if self.out_format == "csv.gz" else check_csv_complete
         what = f"HSC CAS download of job {job_id}"
-        last = ""
-        for attempt in range(self._policy.max_retries + 1):
+
+        def attempt() -> int:
             response = self._post("download", {"id": int(job_id)}, stream=True)
-            try:
-                size = stream_to_file(response, dest, validate=validate, what=what)
-            except TruncatedResponseError as exc:
-                last = str(exc)
-            else:
-                logger.info("HSC CAS job %d: downloaded %d bytes", job_id, size)
-                return size
-            if attempt < self._policy.max_retries:
-                wait = self._policy.delay(attempt)
-                logger.warning("%s (retry %d/%d in %.1f s)", last, attempt + 1, self._policy.max_retries, wait)
-                self._sleep(wait)
-        raise TruncatedResponseError(f"{last} (after {self._policy.max_retries + 1} attempt(s))")
+            return stream_to_file(response, dest, validate=validate, what=what)
+
+        size = retry_truncated(attempt, self._policy)
+        logger.info("HSC CAS job %d: downloaded %d bytes", job_id, size)
+        return size
 
     def cancel(self, job_id: int) -> None:
         """Ask the server to stop the job (response ignored, as in the official script)."""

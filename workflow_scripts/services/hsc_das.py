@@ -27,13 +27,13 @@ download keeps every complete cutout and a rerun requests only what is missing.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import re
 import tarfile
 import threading
 import time
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import requests
@@ -45,13 +45,21 @@ from workflow_scripts.cutout_format import HSC_FILTERS, CutoutFormatError, read_
 from .credentials import Credentials
 from .http import (
     CHUNK_SIZE,
+    MAX_CONNECTIONS,
     AuthenticationError,
+    Cancelled,
     RetryPolicy,
     ServiceError,
     TruncatedResponseError,
     body_snippet,
+    check_credentials,
+    check_http_url,
+    config_kwargs,
+    connection_broke,
     make_session,
     raise_for_status,
+    rejected_credentials,
+    run_cancellable,
     send_with_retry,
 )
 
@@ -156,7 +164,7 @@ class _BodyReader:
             self.eof = True
             return
         except requests.RequestException as exc:
-            failure = f"connection broke after {self.position + len(self._buf)} bytes ({type(exc).__name__})"
+            failure = connection_broke(self.position + len(self._buf), exc)
         else:
             self._buf += chunk
             return
@@ -188,10 +196,6 @@ class _BodyReader:
 
 
 # ============================================================================ client
-class _Cancelled(Exception):
-    """Another batch raised (e.g. KeyboardInterrupt): stop between members."""
-
-
 class HscDasClient:
     """HSC-SSP DAS cutout client (protocol of ``downloadCutout.py``).
 
@@ -218,18 +222,16 @@ class HscDasClient:
         retry_max_delay_s: float = 600.0,
         session: requests.Session | None = None,
     ) -> None:
-        if not url.startswith(("https://", "http://")):
-            raise ValueError(f"url must be an http(s) URL, got {url!r}")
-        if not isinstance(credentials, Credentials):
-            raise TypeError("credentials must be a Credentials instance (see get_credentials)")
+        check_http_url(url)
+        check_credentials(credentials)
         if not re.match(r"^[a-z0-9_]+$", rerun):
             raise ValueError(f"rerun must match ^[a-z0-9_]+$ (e.g. {', '.join(RERUNS)}), got {rerun!r}")
         if image_type not in IMAGE_TYPES:
             raise ValueError(f"image_type must be one of {IMAGE_TYPES}, got {image_type!r}")
         if not 1 <= batch_size <= MAX_BATCH_SIZE:
             raise ValueError(f"batch_size must be in [1, {MAX_BATCH_SIZE}], got {batch_size!r}")
-        if not 1 <= max_connections <= 16:
-            raise ValueError(f"max_connections must be in [1, 16], got {max_connections!r}")
+        if not 1 <= max_connections <= MAX_CONNECTIONS:
+            raise ValueError(f"max_connections must be in [1, {MAX_CONNECTIONS}], got {max_connections!r}")
         if timeout_s <= 0:
             raise ValueError("timeout_s must be > 0")
         self.url = url
@@ -250,17 +252,15 @@ class HscDasClient:
         """Client from the config's ``hsc`` section: ``das_url``, ``rerun`` (else ``schema``),
         ``das_image_type``, ``das_batch_size``, ``das_max_connections``, ``das_timeout_s``,
         ``max_retries`` (unrelated keys are ignored)."""
-        kwargs: dict[str, Any] = {
-            "url": hsc_cfg.get("das_url", DEFAULT_DAS_URL),
-            "rerun": hsc_cfg.get("rerun", hsc_cfg.get("schema", "pdr3_wide")),
-            "image_type": hsc_cfg.get("das_image_type", "coadd"),
-            "batch_size": hsc_cfg.get("das_batch_size", MAX_BATCH_SIZE),
-            "max_connections": hsc_cfg.get("das_max_connections", 4),
-            "timeout_s": hsc_cfg.get("das_timeout_s", 600),
-            "max_retries": hsc_cfg.get("max_retries", 3),
-        }
-        kwargs.update(overrides)
-        return cls(credentials=credentials, **kwargs)
+        return cls(credentials=credentials, **config_kwargs(hsc_cfg, {
+            "url": ("das_url", DEFAULT_DAS_URL),
+            "rerun": ("rerun", hsc_cfg.get("schema", "pdr3_wide")),
+            "image_type": ("das_image_type", "coadd"),
+            "batch_size": ("das_batch_size", MAX_BATCH_SIZE),
+            "max_connections": ("das_max_connections", 4),
+            "timeout_s": ("das_timeout_s", 600),
+            "max_retries": ("max_retries", 3),
+        }, overrides))
 
     def __repr__(self) -> str:
         return f"HscDasClient(url={self.url!r}, user={self._credentials.user!r}, rerun={self.rerun!r})"
@@ -287,11 +287,7 @@ class HscDasClient:
     def _check_response(self, response: requests.Response, what: str) -> None:
         if response.status_code == 401:
             response.close()
-            raise AuthenticationError(
-                f"HSC DAS rejected the account name or password (HTTP 401) for account "
-                f"{self._credentials.user!r} (credentials from {self._credentials.source})",
-                status_code=401,
-            )
+            raise rejected_credentials("HSC DAS", self._credentials)
         raise_for_status(response, what, self._secrets)
 
     def _post_list(self, batch: Sequence[CutoutRequest], what: str) -> requests.Response:
@@ -318,7 +314,7 @@ class HscDasClient:
             with tarfile.open(fileobj=reader, mode="r|") as tar:  # type: ignore[call-overload]
                 for member in tar:
                     if self._stop.is_set():
-                        raise _Cancelled()
+                        raise Cancelled()
                     if not member.isfile():
                         continue
                     data = self._member_bytes(tar, member)
@@ -373,7 +369,7 @@ class HscDasClient:
         last = ""
         for attempt in range(self._policy.max_retries + 1):
             if self._stop.is_set():
-                raise _Cancelled()
+                raise Cancelled()
             what = f"HSC DAS {label} ({len(remaining)} rows)"
             pending = {lineno: r for lineno, r in enumerate(remaining, start=2)}
             try:
@@ -420,25 +416,13 @@ class HscDasClient:
         return manifest_rows(cache, order, failures)
 
     def _run_batches(self, batches: Sequence[Sequence[CutoutRequest]], cache: CutoutCache) -> dict[Key, str]:
-        self._stop.clear()
+        """Up to ``max_connections`` batches at once; running batches stop at their next member on a failure."""
+        tasks = [functools.partial(self._fetch_batch, batch, cache, f"batch {i + 1}/{len(batches)}")
+                 for i, batch in enumerate(batches)]
         failures: dict[Key, str] = {}
-        pool = ThreadPoolExecutor(max_workers=min(self.max_connections, len(batches)), thread_name_prefix="das")
-        futures: list[Future] = [
-            pool.submit(self._fetch_batch, batch, cache, f"batch {i + 1}/{len(batches)}")
-            for i, batch in enumerate(batches)
-        ]
-        try:
-            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-            for future in futures:
-                if future in done and future.exception() is not None and not isinstance(future.exception(), _Cancelled):
-                    raise future.exception()  # type: ignore[misc]
-            for future in futures:
-                failures.update(future.result())
-        except BaseException:
-            self._stop.set()  # running batches stop at their next member; queued ones never start
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
-        pool.shutdown(wait=True)
+        for batch_failures in run_cancellable(tasks, max_workers=self.max_connections, stop=self._stop,
+                                              thread_name_prefix="das"):
+            failures.update(batch_failures)
         return failures
 
     def fetch_one(self, ra: float, dec: float, band: str, half_size_arcsec: float, *, tract: int | str = "") -> bytes | None:

@@ -4,8 +4,12 @@
 - :class:`RetryPolicy` + :func:`send_with_retry` -- exponential backoff with full
   jitter on timeouts, connection errors, HTTP 5xx and 429 (``Retry-After`` honoured).
 - :class:`ServiceError` and subclasses -- what callers catch.
-- :func:`stream_to_file` -- atomic streaming download that detects truncated
-  bodies (Content-Length mismatch, dropped connection, caller's format check).
+- :func:`stream_to_file`, :func:`read_body` -- streaming downloads (atomic into a
+  file, or into memory) that detect truncated bodies (Content-Length mismatch,
+  dropped connection, caller's format check); :func:`retry_truncated` retries them.
+- Client construction: :func:`check_http_url`, :func:`check_credentials`,
+  :func:`rejected_credentials`, :func:`config_kwargs`.
+- :func:`run_cancellable` -- a worker pool that stops every worker on the first error.
 
 Secrets: request bodies of some services (the HSC CAS API, see ``hsc_cas``) carry
 the password, and ``requests`` exceptions keep a reference to the request. We never
@@ -17,11 +21,13 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 import urllib.parse
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 
 import requests
 import requests.adapters
@@ -30,10 +36,16 @@ import requests.auth
 from workflow_scripts import __version__
 from workflow_scripts.contracts import atomic_path
 
+from .credentials import Credentials
+
 logger = logging.getLogger(__name__)
 
 CHUNK_SIZE = 64 * 1024  # as the official HSC scripts read downloads
 USER_AGENT = f"hsc-highz-qso/{__version__} (+requests {requests.__version__})"
+#: Most parallel connections a client may open to one service.
+MAX_CONNECTIONS = 16
+
+T = TypeVar("T")
 
 
 # ---------------------------------------------------------------------------- errors
@@ -81,6 +93,34 @@ def body_snippet(response: requests.Response, secrets: Iterable[str | None] = ()
     except requests.RequestException:
         return "<body unreadable>"
     return scrub(text.strip(), secrets)
+
+
+def rejected_credentials(service: str, credentials: Credentials, hint: str = "") -> AuthenticationError:
+    """The error for an HTTP 401: names the account and where it came from, never the password."""
+    return AuthenticationError(
+        f"{service} rejected the account name or password (HTTP 401) for account "
+        f"{credentials.user!r} (credentials from {credentials.source}){hint}",
+        status_code=401,
+    )
+
+
+# ---------------------------------------------------------------------------- clients
+def check_http_url(url: str, name: str = "url") -> None:
+    """Refuse anything but an http(s) URL (ValueError naming the parameter *name*)."""
+    if not url.startswith(("https://", "http://")):
+        raise ValueError(f"{name} must be an http(s) URL, got {url!r}")
+
+
+def check_credentials(credentials: Any) -> None:
+    if not isinstance(credentials, Credentials):
+        raise TypeError("credentials must be a Credentials instance (see get_credentials)")
+
+
+def config_kwargs(section: Mapping[str, Any], keys: Mapping[str, tuple[str, Any]], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Constructor arguments from a config section: ``{param: (config key, default)}``, then *overrides*."""
+    kwargs = {param: section.get(key, default) for param, (key, default) in keys.items()}
+    kwargs.update(overrides)
+    return kwargs
 
 
 # ---------------------------------------------------------------------------- sessions
@@ -197,6 +237,64 @@ def raise_for_status(response: requests.Response, what: str, secrets: Iterable[s
 
 
 # ---------------------------------------------------------------------------- downloads
+def connection_broke(received: int, exc: BaseException) -> str:
+    """How a body that broke off after *received* bytes is described."""
+    return f"connection broke after {received} bytes ({type(exc).__name__})"
+
+
+def _copy_body(response: requests.Response, write: Callable[[bytes], Any], chunk_size: int) -> tuple[int, str | None]:
+    """Stream *response*'s body into *write*; return (bytes, why it is incomplete or None).
+
+    Incomplete: the connection broke (or a read timed out), or fewer bytes arrived than
+    the Content-Length announced (wire bytes when a Content-Encoding applies).
+    """
+    written = 0
+    try:
+        for chunk in response.iter_content(chunk_size=chunk_size):
+            write(chunk)
+            written += len(chunk)
+    except requests.RequestException as exc:  # dropped connection, IncompleteRead, read timeout
+        return written, connection_broke(written, exc)
+    expected = response.headers.get("Content-Length")
+    if expected is not None:
+        received = response.raw.tell() if "Content-Encoding" in response.headers else written
+        if received != int(expected):
+            return written, f"received {received} of {expected} announced bytes"
+    return written, None
+
+
+def read_body(response: requests.Response, what: str, chunk_size: int = CHUNK_SIZE) -> bytes:
+    """The whole body of *response* (opened with ``stream=True``); TruncatedResponseError if incomplete."""
+    data = bytearray()
+    try:
+        _, failure = _copy_body(response, data.extend, chunk_size)
+    finally:
+        response.close()
+    if failure:
+        raise TruncatedResponseError(f"{what}: truncated response: {failure}")
+    return bytes(data)
+
+
+def retry_truncated(attempt: Callable[[], T], policy: RetryPolicy, *, log: bool = True) -> T:
+    """``attempt()``, again after a backoff while it raises TruncatedResponseError (policy.max_retries times).
+
+    Then a TruncatedResponseError with the last message and the attempt count; with
+    *log* every retry is logged as a warning.
+    """
+    last = ""
+    for n in range(policy.max_retries + 1):
+        try:
+            return attempt()
+        except TruncatedResponseError as exc:
+            last = str(exc)
+        if n < policy.max_retries:
+            wait_s = policy.delay(n)
+            if log:
+                logger.warning("%s (retry %d/%d in %.1f s)", last, n + 1, policy.max_retries, wait_s)
+            policy.sleep(wait_s)
+    raise TruncatedResponseError(f"{last} (after {policy.max_retries + 1} attempt(s))")
+
+
 def stream_to_file(
     response: requests.Response,
     dest: str | Path,
@@ -212,23 +310,10 @@ def stream_to_file(
     format check that raises :class:`TruncatedResponseError`) passed. On any
     failure *dest* is left as it was (absent, or an older good file).
     """
-    expected = response.headers.get("Content-Length")
-    encoded = "Content-Encoding" in response.headers  # then Content-Length counts wire bytes
-    failure = None
-    written = 0
     try:
         with atomic_path(dest) as tmp:
             with open(tmp, "wb") as fh:
-                try:
-                    for chunk in response.iter_content(chunk_size=chunk_size):
-                        fh.write(chunk)
-                        written += len(chunk)
-                except requests.RequestException as exc:  # dropped connection, IncompleteRead, read timeout
-                    failure = f"connection broke after {written} bytes ({type(exc).__name__})"
-                if failure is None and expected is not None:
-                    received = response.raw.tell() if encoded else written
-                    if received != int(expected):
-                        failure = f"received {received} of {expected} announced bytes"
+                written, failure = _copy_body(response, fh.write, chunk_size)
             if failure is not None:
                 raise TruncatedResponseError(f"{what}: truncated response body: {failure}")
             if validate is not None:
@@ -237,3 +322,35 @@ def stream_to_file(
         response.close()
     logger.debug("%s: %d bytes written to %s", what, written, dest)
     return written
+
+
+# ---------------------------------------------------------------------------- parallel fetches
+class Cancelled(Exception):
+    """Raised by a worker of :func:`run_cancellable` that sees *stop* set: another one failed."""
+
+
+def run_cancellable(
+    tasks: Sequence[Callable[[], T]], *, max_workers: int, stop: threading.Event, thread_name_prefix: str
+) -> list[T]:
+    """Run *tasks* on up to *max_workers* threads; return their results in order.
+
+    The first exception (``KeyboardInterrupt`` included; :class:`Cancelled` is only
+    the echo of another) sets *stop* (running tasks check it and raise
+    :class:`Cancelled`), cancels the tasks not yet started, waits for the running
+    ones and is re-raised.
+    """
+    stop.clear()
+    pool = ThreadPoolExecutor(max_workers=min(max_workers, len(tasks)), thread_name_prefix=thread_name_prefix)
+    futures = [pool.submit(task) for task in tasks]
+    try:
+        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        for future in futures:
+            if future in done and (exc := future.exception()) is not None and not isinstance(exc, Cancelled):
+                raise exc
+        results = [future.result() for future in futures]
+    except BaseException:
+        stop.set()  # running tasks stop at their next check; queued ones never start
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+    return results

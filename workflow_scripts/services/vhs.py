@@ -22,13 +22,13 @@ astroquery's names and values) and transport, retries and caching are ours
 
 from __future__ import annotations
 
+import functools
 import html
 import logging
 import re
 import threading
 import time
 import urllib.parse
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import Any, Callable, Mapping, Sequence
 
 import requests
@@ -38,13 +38,18 @@ from workflow_scripts.cutout_format import CutoutFormatError, read_vhs_cutout
 
 from .hsc_das import Key, check_requests, manifest_rows, request_key, split_cached
 from .http import (
-    CHUNK_SIZE,
+    MAX_CONNECTIONS,
+    Cancelled,
     RetryPolicy,
     ServiceError,
-    TruncatedResponseError,
     body_snippet,
+    check_http_url,
+    config_kwargs,
     make_session,
     raise_for_status,
+    read_body,
+    retry_truncated,
+    run_cancellable,
     send_with_retry,
 )
 
@@ -69,29 +74,6 @@ def image_links(page: str, page_url: str) -> list[str]:
     return links
 
 
-def _read_body(response: requests.Response, what: str) -> bytes:
-    """The whole (streamed) body; a broken connection or short body -> TruncatedResponseError."""
-    data = bytearray()
-    failure = None
-    try:
-        for chunk in response.iter_content(chunk_size=CHUNK_SIZE):
-            data += chunk
-    except requests.RequestException as exc:
-        failure = f"connection broke after {len(data)} bytes ({type(exc).__name__})"
-    finally:
-        response.close()
-    expected = response.headers.get("Content-Length")
-    if failure is None and expected is not None and "Content-Encoding" not in response.headers and len(data) != int(expected):
-        failure = f"received {len(data)} of {expected} announced bytes"
-    if failure:
-        raise TruncatedResponseError(f"{what}: truncated response: {failure}")
-    return bytes(data)
-
-
-class _Cancelled(Exception):
-    """Another worker raised (e.g. KeyboardInterrupt): do not start more cutouts."""
-
-
 class VhsClient:
     """VHS J/Ks cutouts from the VSA ``GetImage`` service (public data, no login)."""
 
@@ -113,12 +95,11 @@ class VhsClient:
         retry_max_delay_s: float = 120.0,
         session: requests.Session | None = None,
     ) -> None:
-        if not url.startswith(("https://", "http://")):
-            raise ValueError(f"url must be an http(s) URL, got {url!r}")
+        check_http_url(url)
         if not re.match(r"^[A-Za-z0-9_]+$", database):
             raise ValueError(f"database must be a VSA database name such as VHSDR6, got {database!r}")
-        if not 1 <= max_connections <= 16 or timeout_s <= 0 or page_polls < 1:
-            raise ValueError("need 1 <= max_connections <= 16, timeout_s > 0, page_polls >= 1")
+        if not 1 <= max_connections <= MAX_CONNECTIONS or timeout_s <= 0 or page_polls < 1:
+            raise ValueError(f"need 1 <= max_connections <= {MAX_CONNECTIONS}, timeout_s > 0, page_polls >= 1")
         from astroquery.vsa import VsaClass  # lazy: astroquery import is slow
 
         if frame_type not in VsaClass.frame_types:
@@ -142,17 +123,15 @@ class VhsClient:
     def from_config(cls, vhs_cfg: Mapping[str, Any], **overrides: Any) -> "VhsClient":
         """Client from the config's ``vhs`` section: ``url``, ``database``, ``programme_id``,
         ``timeout_s``, ``max_retries``, ``max_connections``, ``frame_type`` (others ignored)."""
-        kwargs: dict[str, Any] = {
-            "url": vhs_cfg.get("url", DEFAULT_VSA_URL),
-            "database": vhs_cfg.get("database", "VHSDR6"),
-            "programme_id": vhs_cfg.get("programme_id", 110),
-            "timeout_s": vhs_cfg.get("timeout_s", 60),
-            "max_retries": vhs_cfg.get("max_retries", 3),
-            "max_connections": vhs_cfg.get("max_connections", 4),
-            "frame_type": vhs_cfg.get("frame_type", "tilestack"),
-        }
-        kwargs.update(overrides)
-        return cls(**kwargs)
+        return cls(**config_kwargs(vhs_cfg, {
+            "url": ("url", DEFAULT_VSA_URL),
+            "database": ("database", "VHSDR6"),
+            "programme_id": ("programme_id", 110),
+            "timeout_s": ("timeout_s", 60),
+            "max_retries": ("max_retries", 3),
+            "max_connections": ("max_connections", 4),
+            "frame_type": ("frame_type", "tilestack"),
+        }, overrides))
 
     def __repr__(self) -> str:
         return f"VhsClient(url={self.url!r}, database={self.database!r}, programme_id={self.programme_id})"
@@ -198,23 +177,14 @@ class VhsClient:
     def _download(self, url: str, request: CutoutRequest) -> bytes:
         """One FITS, retried when truncated; validated (CutoutFormatError if not a VHS cutout)."""
         what = f"VSA getFImage for object {request.object_id} {request.band}"
-        last = ""
-        for attempt in range(self._policy.max_retries + 1):
-            try:
-                data = _read_body(self._get(url, what, stream=True), what)
-            except TruncatedResponseError as exc:
-                last = str(exc)
-            else:
-                read_vhs_cutout(data, band=request.band)
-                return data
-            if attempt < self._policy.max_retries:
-                self._sleep(self._policy.delay(attempt))
-        raise TruncatedResponseError(f"{last} (after {self._policy.max_retries + 1} attempt(s))")
+        data = retry_truncated(lambda: read_body(self._get(url, what, stream=True), what), self._policy, log=False)
+        read_vhs_cutout(data, band=request.band)
+        return data
 
     def _fetch_request(self, request: CutoutRequest, cache: CutoutCache) -> str | None:
         """Fetch one (object, band) into *cache*; return a failure reason or None."""
         if self._stop.is_set():
-            raise _Cancelled()
+            raise Cancelled()
         try:
             urls = self.image_urls(request)
             if urls is None:
@@ -251,19 +221,7 @@ class VhsClient:
         return manifest_rows(cache, order, failures)
 
     def _run(self, todo: Sequence[CutoutRequest], cache: CutoutCache) -> dict[Key, str]:
-        self._stop.clear()
-        pool = ThreadPoolExecutor(max_workers=min(self.max_connections, len(todo)), thread_name_prefix="vsa")
-        futures = {pool.submit(self._fetch_request, r, cache): request_key(r) for r in todo}
-        try:
-            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-            for future in done:
-                exc = future.exception()
-                if exc is not None and not isinstance(exc, _Cancelled):
-                    raise exc
-            failures = {key: reason for future, key in futures.items() if (reason := future.result()) is not None}
-        except BaseException:
-            self._stop.set()
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
-        pool.shutdown(wait=True)
-        return failures
+        """Up to ``max_connections`` requests at once; no new one starts after a failure."""
+        reasons = run_cancellable([functools.partial(self._fetch_request, r, cache) for r in todo],
+                                  max_workers=self.max_connections, stop=self._stop, thread_name_prefix="vsa")
+        return {request_key(r): reason for r, reason in zip(todo, reasons) if reason is not None}
