@@ -1,0 +1,1 @@
+"""Self-supervised (SimCLR) representation learning: model, loss, augmentation, training."""
