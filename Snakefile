@@ -19,6 +19,7 @@ include: "rules/catalog.smk"
 include: "rules/select.smk"
 include: "rules/cutouts.smk"
 include: "rules/tensors.smk"
+include: "rules/train.smk"
 
 
 rule all:

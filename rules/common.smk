@@ -2,6 +2,7 @@
 import json
 
 from workflow_scripts.catalog import check_source_ready
+from workflow_scripts.config import resolve_runs
 
 SHARDS = list(config["shards"])
 MOCK = config["source"] == "mock"
@@ -16,6 +17,7 @@ except Exception as exc:  # the message is written for the user; it never contai
 wildcard_constraints:
     shard="|".join(SHARDS),
     scale=r"[0-9.]+arcsec",
+    run="|".join(config["runs"]),
 
 
 def as_json(value):
@@ -54,6 +56,7 @@ def all_outputs():
     targets += expand(f"{RESULTS}/tensors/{{scale}}/{{shard}}.images.npy", scale=SCALES, shard=SHARDS)
     targets += expand(f"{RESULTS}/tensors/{{scale}}/meta.json", scale=SCALES)
     targets += [f"{RESULTS}/cutouts/summary.md"]
+    targets += expand(f"{RESULTS}/runs/{{run}}/embeddings.parquet", run=list(config["runs"]))
     if MOCK:
         targets += [f"{RESULTS}/evaluation/selection_truth.md", f"{RESULTS}/evaluation/colour_colour_truth.png"]
     return targets

@@ -40,11 +40,12 @@ rule train:
     conda:
         "../envs/torch.yaml"
     threads: 2
+    retries: 2  # exit 75 = checkpointed after SIGTERM/SIGURG (preemption, time limit): rerun resumes
     resources:
         mem_mb=8000,
         runtime=240,
     shell:
-        "python -m workflow_scripts.ssl.train --settings '{params.settings}' --meta {input.meta}"
+        "OMP_NUM_THREADS={threads} python -m workflow_scripts.ssl.train --settings '{params.settings}' --meta {input.meta}"
         " --images {params.images} --out-dir {RESULTS}/runs/{wildcards.run} > {log} 2>&1"
 
 
@@ -68,5 +69,5 @@ rule embed:
         mem_mb=4000,
         runtime=60,
     shell:
-        "python -m workflow_scripts.embed --model {input.model} --images {params.images}"
+        "OMP_NUM_THREADS={threads} python -m workflow_scripts.embed --model {input.model} --images {params.images}"
         " --batch-size {params.batch_size} --out {output} > {log} 2>&1"

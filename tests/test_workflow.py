@@ -21,6 +21,7 @@ TINY = {
     "seed": 7,
     "shards": {"t1": {"ra": [135.0, 135.2], "dec": [0.5, 0.7]}, "t2": {"ra": [135.2, 135.4], "dec": [0.5, 0.7]}},
     "sky": {"enrichment": 3000},
+    "training": {"epochs": 2, "batch_size": 16, "encoder": {"width": 8}},
 }
 
 
@@ -43,7 +44,8 @@ def test_dry_run_of_the_default_dag(tmp_path):
     proc = snakemake(tmp_path, "--dry-run", "--quiet", "rules")
     assert proc.returncode == 0, proc.stderr
     expected = {"catalog": 4, "select": 4, "selection_report": 1, "evaluate_selection": 1, "cutouts_hsc": 4,
-                "cutouts_ir": 4, "reproject_ir": 4, "stack": 4, "tensor_meta": 1, "cutout_summary": 1}
+                "cutouts_ir": 4, "reproject_ir": 4, "stack": 4, "tensor_meta": 1, "cutout_summary": 1,
+                "train": 1, "embed": 1}
     for rule, count in expected.items():
         assert any(line.split()[:2] == [rule, str(count)] for line in proc.stdout.splitlines()), proc.stdout
 
@@ -87,6 +89,12 @@ def test_mock_run_outputs_follow_the_contracts(mock_run):
         assert sorted(index["object_id"]) == sorted(cand["object_id"])
         manifest = pd.read_parquet(res / "cutouts" / "hsc" / shard / "manifest.parquet")
         assert len(manifest) == 5 * len(cand) and set(manifest["status"]) <= {"ok", "no_coverage", "failed"}
+    history = pd.read_csv(res / "runs" / "default" / "history.csv")
+    assert list(history["epoch"]) == [1, 2] and history["loss"].notna().all()
+    emb = pd.read_parquet(res / "runs" / "default" / "embeddings.parquet")
+    n_cand = sum(len(pd.read_parquet(res / "candidates" / f"{s}.parquet")) for s in TINY["shards"])
+    assert len(emb) == n_cand and {"object_id", "shard", "h000", "h127"} <= set(emb.columns)
+    assert not (res / "runs" / "default" / "checkpoint.pt").exists()
 
 
 @pytest.mark.slow
@@ -102,6 +110,27 @@ def test_changing_a_selection_threshold_reruns_select_not_catalog(mock_run):
     assert proc.returncode == 0, proc.stderr
     rules = {line.split()[0] for line in proc.stdout.splitlines()[2:] if line.strip() and not line.startswith(("job", "-", "total"))}
     assert "select" in rules and "catalog" not in rules, proc.stdout
+
+
+def planned_rules(workdir: Path, *config_args: str) -> set[str]:
+    """Rules a dry run would execute after the given --config overrides."""
+    proc = snakemake(workdir, "--dry-run", "--quiet", "rules", "--config", *config_args)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("job")) + 2
+    return {line.split()[0] for line in lines[start:] if line.strip() and not line.startswith("total")}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("override, expected, untouched", [
+    ("training={temperature: 0.2}", {"train", "embed"}, {"stack", "cutouts_hsc", "select"}),
+    ("training={normalisation: per_band}", {"train", "embed"}, {"stack", "tensor_meta"}),
+    ("training={embed_batch_size: 64}", {"embed"}, {"train", "stack"}),
+    ("runs={default: {}, t005: {temperature: 0.05}}", {"train", "embed"}, {"stack", "select"}),
+])
+def test_a_config_change_reruns_exactly_the_affected_rules(mock_run, override, expected, untouched):
+    rules = planned_rules(mock_run, override)
+    assert expected <= rules and not (untouched & rules), rules
 
 
 @pytest.mark.slow

@@ -134,7 +134,6 @@ class Encoder(nn.Module):
             stages.append(nn.Sequential(*layers))
             c_in = c_out
         self.stages = nn.Sequential(*stages)
-        self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(c_in, repr_dim)
         self.feature_dim = c_in
         for m in self.modules():
@@ -146,7 +145,8 @@ class Encoder(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.stages(self.stem(x))
-        return self.fc(torch.flatten(self.pool(x), 1))
+        # mean over H, W rather than AdaptiveAvgPool2d: the latter has no deterministic CUDA backward
+        return self.fc(x.mean(dim=(2, 3)))
 
 
 class ProjectionHead(nn.Module):
