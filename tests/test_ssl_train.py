@@ -22,6 +22,8 @@ import pandas as pd
 import pytest
 import torch
 
+from workflow_scripts.ssl.train import use_bf16
+
 from workflow_scripts import embed as embed_mod
 from workflow_scripts.ssl import train as train_mod
 from workflow_scripts.ssl.data import EpochLoader, ShardSet, batch_bounds, epoch_permutation
@@ -285,11 +287,13 @@ def test_embed_matches_represent(reference, data, tmp_path):
     assert len(df) == 2 * N_PER_SHARD and df["object_id"].dtype == np.int64
     assert df["h000"].dtype == np.float32 and df["shard"].tolist() == ["sa"] * 32 + ["sb"] * 32
     assert df["object_id"].tolist() == list(range(1000, 1032)) + list(range(2000, 2032))
-    model, normalizer, _ = embed_mod.load_model(reference / "model.pt", torch.device("cpu"))
+    model, normalizer, payload = embed_mod.load_model(reference / "model.pt", torch.device("cpu"))
     images = torch.from_numpy(np.concatenate([np.load(p) for p, _ in data["pairs"]]))
     mask = torch.from_numpy(np.concatenate([np.load(m) for _, m in data["pairs"]]))
-    with torch.no_grad():
-        h = model.represent(normalizer(images, mask)).numpy()
+    bf16 = use_bf16(payload["settings"].get("precision", "auto"), torch.device("cpu"))  # as embed and training
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        x = normalizer(images, mask).contiguous(memory_format=torch.channels_last)
+        h = model.represent(x).float().numpy()
     np.testing.assert_allclose(df[[f"h{k:03d}" for k in range(16)]].to_numpy(), h, rtol=1e-4, atol=1e-5)
     assert not _leftovers(tmp_path)
 
@@ -328,3 +332,10 @@ def test_embed_cli_errors_name_the_problem(data, reference, tmp_path, capsys):
             embed_mod.main(argv)
         assert exc.value.code == 2
         assert expected in capsys.readouterr().err
+
+
+def test_precision_choice():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert use_bf16("auto", cuda) and use_bf16("bf16", cpu) and not use_bf16("fp32", cuda)
+    with pytest.raises(ValueError, match="precision"):
+        use_bf16("fp16", cpu)

@@ -30,6 +30,7 @@ from workflow_scripts.contracts import atomic_path
 from workflow_scripts.ssl.data import ShardSet, mask_path_for, shard_name, to_device
 from workflow_scripts.ssl.model import SimCLRModel, build_model
 from workflow_scripts.ssl.normalize import Normalizer
+from workflow_scripts.ssl.train import pick_device, use_bf16
 
 ROW_GROUP = 65536
 
@@ -46,8 +47,7 @@ def load_model(path: str | Path, device: torch.device) -> tuple[SimCLRModel, Nor
             raise ValueError(f"{path}: not a model.pt of workflow_scripts.ssl.train (no {key!r})")
     model = build_model(int(payload["in_channels"]), payload["encoder"])
     model.load_state_dict(payload["model_state"])
-    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-    model = model.to(device, memory_format=memory_format).eval()
+    model = model.to(device, memory_format=torch.channels_last).eval()  # faster on CPU (oneDNN) and GPU
     norm = payload["normalisation"]
     normalizer = Normalizer.from_meta(payload["meta"], norm["method"], **norm.get("params", {})).to(device)
     return model, normalizer, payload
@@ -68,7 +68,7 @@ def object_ids(images_path: str | Path, n_rows: int) -> np.ndarray:
 def embed(model_path: str | Path, images: list[str | Path], out: str | Path, batch_size: int = 512,
           device: str | None = None) -> int:
     """Write embeddings.parquet for all objects of *images*; return the number of rows."""
-    dev = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = pick_device(device)
     model, normalizer, payload = load_model(model_path, dev)
     shards = ShardSet([(p, mask_path_for(p)) for p in images])
     if shards.in_channels != int(payload["in_channels"]):
@@ -81,7 +81,8 @@ def embed(model_path: str | Path, images: list[str | Path], out: str | Path, bat
     schema = pa.schema([("object_id", pa.int64()), ("shard", pa.string())]
                        + [(c, pa.float32()) for c in columns])
     cuda = dev.type == "cuda"
-    memory_format = torch.channels_last if cuda else torch.contiguous_format
+    memory_format = torch.channels_last
+    bf16 = use_bf16(payload.get("settings", {}).get("precision", "auto"), dev)  # as in training
     t0, n_done = time.perf_counter(), 0
     buffer: list[tuple[int, int, np.ndarray]] = []
 
@@ -100,7 +101,7 @@ def embed(model_path: str | Path, images: list[str | Path], out: str | Path, bat
             for s, start, img, mask in shards.iter_sequential(batch_size):
                 batch = to_device(img, mask, dev, pin=cuda)
                 x = normalizer(batch.images, batch.mask).contiguous(memory_format=memory_format)
-                with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=cuda):
+                with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=bf16):
                     h = model.represent(x)
                 buffer.append((s, start, h.float().cpu().numpy()))
                 n_done += len(img)

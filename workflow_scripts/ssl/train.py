@@ -7,7 +7,7 @@ f and g in ONE forward pass of 2N views (global batch statistics), and the confi
 (``ssl.loss``) is minimised with AdamW (or LARS) under a per-step schedule: linear warm-up
 to ``lr`` over ``warmup_epochs``, then cosine decay to 0.
 
-On CUDA: bf16 autocast, channels_last, pinned non-blocking copies; cudnn.benchmark only
+channels_last on every device; on CUDA also bf16 autocast, pinned non-blocking copies; cudnn.benchmark only
 when not ``deterministic``. On CPU: plain float32. Same code.
 
 Files in ``out_dir``:
@@ -151,6 +151,23 @@ def pick_device(device: str | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def cpu_has_native_bf16() -> bool:
+    """True on CPUs with bf16 instructions (AVX512-BF16 / AMX), where bf16 autocast is ~2x faster."""
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:  # private helpers; absent in some builds
+        return False
+
+
+def use_bf16(precision: str, device: torch.device) -> bool:
+    """Whether to run the model under bf16 autocast: "auto" = on CUDA and on CPUs with native bf16."""
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"precision {precision!r}: expected auto, fp32 or bf16")
+    if precision == "auto":
+        return device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
+    return precision == "bf16"
+
+
 @contextmanager
 def determinism(enabled: bool, device: torch.device) -> Iterator[None]:
     """Deterministic kernels (and no cudnn autotuning) while training; restored afterwards."""
@@ -248,10 +265,13 @@ class Progress:
 class Trainer:
     """Everything one run needs on its device; ``views`` and ``train_step`` are the hot path."""
 
-    def __init__(self, settings: dict, in_channels: int, meta: dict, device: torch.device):
+    def __init__(self, settings: dict, in_channels: int, meta: dict, device: torch.device,
+                 memory_format: torch.memory_format = torch.channels_last):
         self.settings, self.device = settings, device
         self.cuda = device.type == "cuda"
-        self.memory_format = torch.channels_last if self.cuda else torch.contiguous_format
+        # channels_last on CPU too: the oneDNN convolutions ran 1.5x faster on this machine's CPU
+        self.memory_format = memory_format
+        self.bf16 = use_bf16(settings.get("precision", "auto"), device)
         torch.manual_seed(int(settings["seed"]))  # model initialisation
         self.model = build_model(in_channels, settings["encoder"]).to(device, memory_format=self.memory_format)
         self.normalizer = Normalizer.from_meta(meta, settings["normalisation"],
@@ -263,7 +283,8 @@ class Trainer:
         self.generator = torch.Generator(device=device).manual_seed(int(settings["seed"]) + 1)
 
     def autocast(self) -> torch.autocast:
-        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.cuda)
+        # the losses and alignment/uniformity upcast to float32 internally
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
     def views(self, images: Tensor, mask: Tensor, generator: torch.Generator) -> Tensor:
         """Two augmented, normalised views of a batch, stacked: (2N, C, H, W) (view 1 first)."""
