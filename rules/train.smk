@@ -3,7 +3,8 @@
 
 RUN_SETTINGS = resolve_runs(config)
 RUNS = list(RUN_SETTINGS)
-EMBED_ONLY_KEYS = ("embed_batch_size",)
+# settings read after training: changing them never retrains
+EMBED_ONLY_KEYS = ("embed_batch_size", "umap", "rank")
 
 
 def run_scale(wildcards):
