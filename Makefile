@@ -35,6 +35,9 @@ run: $(VENV)/.installed-run
 	@echo "  candidates           results/candidates/*.parquet"
 	@echo "  selection report     results/candidates/selection_report.md (+ .csv, colour_colour.png)"
 	@test ! -f results/evaluation/selection_truth.md || echo "  selection vs truth   results/evaluation/selection_truth.md"
+	@echo "  cutouts              results/cutouts/summary.md (manifests per shard; cache in cache/)"
+	@echo "  tensors              results/tensors/<scale>/ (images/mask .npy memmaps, index, meta.json)"
+	@echo "  runs                 results/runs/<run>/ (model.pt, history.csv, embeddings.parquet)"
 
 dry-run: $(VENV)/.installed-run
 	$(BIN)/snakemake --profile $(PROFILE) --dry-run $(SNAKEMAKE_ARGS)
@@ -44,6 +47,8 @@ test: $(VENV)/.installed-test
 
 benchmark: $(VENV)/.installed-test
 	$(BIN)/python -m benchmarks.select_streaming
+	$(BIN)/python -m benchmarks.stack
+	$(BIN)/python -m benchmarks.train_throughput
 
 clean:
 	rm -rf results .snakemake
