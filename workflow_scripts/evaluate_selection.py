@@ -25,10 +25,12 @@ REDSHIFT_BINS = ((6.5, np.inf, "quasar z>6.5"), (5.7, 6.5, "quasar 5.7<z<6.5"), 
 
 
 def truth_labels(truth: pd.DataFrame) -> pd.Series:
-    """One label per object: the true class, quasars split into redshift bins, brown dwarfs by subclass."""
+    """One label per object: the true class, quasars split into redshift bins, brown dwarfs by subclass,
+    z ~ 6 Lyman-break galaxies apart from other galaxies."""
     label = truth["class"].astype(str).copy()
     bd = truth["class"] == "brown_dwarf"
     label[bd] = "brown_dwarf " + truth.loc[bd, "subclass"].astype(str)
+    label[truth["subclass"] == "lbg"] = "galaxy lbg z~6"  # the Lyman-break galaxies that mimic quasars
     for lo, hi, name in REDSHIFT_BINS:
         label[(truth["class"] == "quasar") & (truth["redshift"] > lo) & (truth["redshift"] <= hi)] = name
     return pd.Series(label.to_numpy(), index=truth["object_id"].to_numpy())
