@@ -20,6 +20,7 @@ include: "rules/select.smk"
 include: "rules/cutouts.smk"
 include: "rules/tensors.smk"
 include: "rules/train.smk"
+include: "rules/candidates.smk"
 
 
 rule all:

@@ -56,7 +56,14 @@ def all_outputs():
     targets += expand(f"{RESULTS}/tensors/{{scale}}/{{shard}}.images.npy", scale=SCALES, shard=SHARDS)
     targets += expand(f"{RESULTS}/tensors/{{scale}}/meta.json", scale=SCALES)
     targets += [f"{RESULTS}/cutouts/summary.md"]
-    targets += expand(f"{RESULTS}/runs/{{run}}/embeddings.parquet", run=list(config["runs"]))
+    runs = list(config["runs"])
+    targets += expand(f"{RESULTS}/runs/{{run}}/embeddings.parquet", run=runs)
+    targets += expand(f"{RESULTS}/runs/{{run}}/{{name}}", run=runs,
+                      name=["umap.parquet", "candidates.parquet", "candidates.ecsv", "finding_charts.pdf",
+                            "explorer.html"])
+    if MOCK:
+        targets += expand(f"{RESULTS}/runs/{{run}}/metrics.json", run=runs)
+    targets += [f"{RESULTS}/compare.md"]
     if MOCK:
         targets += [f"{RESULTS}/evaluation/selection_truth.md", f"{RESULTS}/evaluation/colour_colour_truth.png"]
     return targets
