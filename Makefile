@@ -43,6 +43,7 @@ dry-run: $(VENV)/.installed-run
 	$(BIN)/snakemake --profile $(PROFILE) --dry-run $(SNAKEMAKE_ARGS)
 
 test: $(VENV)/.installed-test
+	@bash tests/browser/install_chromium.sh   # Debian chromium for the explorer's browser test (root only)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 benchmark: $(VENV)/.installed-test
