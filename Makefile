@@ -6,12 +6,13 @@ PROFILE ?= profiles/local
 SNAKEMAKE_ARGS ?=
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test test-fast dry-run benchmark clean help
+.PHONY: run test dry-run report benchmark clean help
 
 help:
 	@echo "make run        venv + install + run the pipeline on the default (mock) config"
 	@echo "make test       venv + install with test extras + run the whole test suite"
 	@echo "make dry-run    show the jobs the pipeline would run"
+	@echo "make report     the Snakemake HTML report (figures and tables with captions)"
 	@echo "make benchmark  run the ratio benchmarks in benchmarks/"
 
 $(BIN)/python:
@@ -38,6 +39,10 @@ run: $(VENV)/.installed-run
 	@echo "  cutouts              results/cutouts/summary.md (manifests per shard; cache in cache/)"
 	@echo "  tensors              results/tensors/<scale>/ (images/mask .npy memmaps, index, meta.json)"
 	@echo "  runs                 results/runs/<run>/ (model.pt, history.csv, embeddings.parquet)"
+
+report: $(VENV)/.installed-run
+	$(BIN)/snakemake --profile $(PROFILE) --report results/report.html $(SNAKEMAKE_ARGS)
+	@echo "Report: $(CURDIR)/results/report.html"
 
 dry-run: $(VENV)/.installed-run
 	$(BIN)/snakemake --profile $(PROFILE) --dry-run $(SNAKEMAKE_ARGS)

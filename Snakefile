@@ -7,6 +7,9 @@ from workflow_scripts.config import validate_config, ConfigError
 configfile: "config.yaml"
 
 
+report: "report/workflow.rst"
+
+
 # Validate before any job: a wrong key/type/value stops here, naming the key.
 try:
     config.update(validate_config(config, source_name="config (config.yaml + --config overrides)"))

@@ -6,6 +6,10 @@ IR_ON_HSC = per_shard(f"{RESULTS}/cutouts/ir_on_hsc/{{shard}}.npz") if IR else [
 TRUTHS = per_shard(f"{RESULTS}/truth/{{shard}}.parquet") if MOCK else []
 
 
+UMAP_FIGURES = (["structure", "selection_branch", "known_labels", "i_minus_z", "z_minus_y", "y_mag"]
+                + (["y_minus_J"] if IR else []) + (["true_class", "true_redshift"] if MOCK else []))
+
+
 def run_section(section):
     return lambda wc: as_json(RUN_SETTINGS[wc.run][section])
 
@@ -57,7 +61,10 @@ rule umap:
         truths=TRUTHS,
     output:
         umap=f"{RESULTS}/runs/{{run}}/umap.parquet",
-        figure=f"{RESULTS}/runs/{{run}}/figures/umap_selection_branch.png",
+        figures=report(
+            expand(f"{RESULTS}/runs/{{{{run}}}}/figures/umap_{{name}}.png", name=UMAP_FIGURES),
+            caption="../report/umap.rst", category="3. Map", subcategory="{run}",
+        ),
     params:
         umap=run_section("umap"),
         min_cluster_size=lambda wc: RUN_SETTINGS[wc.run]["rank"]["min_cluster_size"],
@@ -111,10 +118,12 @@ rule followup:
     output:
         ecsv=f"{RESULTS}/runs/{{run}}/candidates.ecsv",
         vot=f"{RESULTS}/runs/{{run}}/candidates.vot",
-        csv=f"{RESULTS}/runs/{{run}}/candidates.csv",
+        csv=report(f"{RESULTS}/runs/{{run}}/candidates.csv", caption="../report/candidates.rst",
+                   category="4. Candidates", subcategory="{run}"),
         magellan=f"{RESULTS}/runs/{{run}}/targets_magellan.cat",
         lbt=f"{RESULTS}/runs/{{run}}/targets_lbt.txt",
-        charts=f"{RESULTS}/runs/{{run}}/finding_charts.pdf",
+        charts=report(f"{RESULTS}/runs/{{run}}/finding_charts.pdf", caption="../report/charts.rst",
+                      category="4. Candidates", subcategory="{run}"),
     params:
         top_n=lambda wc: RUN_SETTINGS[wc.run]["rank"]["top_n_followup"],
         cutouts=pick("cutouts", "cache_dir", "ir"),
@@ -168,7 +177,8 @@ rule evaluate:
         ir=IR_ON_HSC,
     output:
         json=f"{RESULTS}/runs/{{run}}/metrics.json",
-        md=f"{RESULTS}/runs/{{run}}/metrics.md",
+        md=report(f"{RESULTS}/runs/{{run}}/metrics.md", caption="../report/metrics.rst",
+                  category="5. Evaluation", subcategory="{run}"),
     params:
         rank=run_section("rank"),
         select=pick("select", "i_dropout", "z_dropout"),
@@ -195,7 +205,7 @@ rule compare:
     output:
         csv=f"{RESULTS}/compare.csv",
         md=f"{RESULTS}/compare.md",
-        png=f"{RESULTS}/compare.png",
+        png=report(f"{RESULTS}/compare.png", caption="../report/compare.rst", category="5. Evaluation"),
     params:
         runs=" ".join(f"{run}={RESULTS}/runs/{run}" for run in RUNS),
         settings=as_json(RUN_SETTINGS),

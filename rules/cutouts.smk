@@ -95,7 +95,7 @@ rule cutout_summary:
         hsc=per_shard(f"{RESULTS}/cutouts/hsc/{{shard}}/manifest.parquet"),
         ir=per_shard(f"{RESULTS}/cutouts/ir/{{shard}}/manifest.parquet") if IR else [],
     output:
-        f"{RESULTS}/cutouts/summary.md",
+        report(f"{RESULTS}/cutouts/summary.md", caption="../report/cutouts.rst", category="1. Selection"),
     log:
         f"{RESULTS}/logs/cutout_summary.log",
     conda:

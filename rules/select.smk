@@ -30,9 +30,11 @@ rule selection_report:
         samples=per_shard(f"{RESULTS}/candidates/{{shard}}.colour_sample.parquet"),
         candidates=per_shard(f"{RESULTS}/candidates/{{shard}}.parquet"),
     output:
-        csv=f"{RESULTS}/candidates/selection_report.csv",
+        csv=report(f"{RESULTS}/candidates/selection_report.csv", caption="../report/selection_report.rst",
+                   category="1. Selection"),
         markdown=f"{RESULTS}/candidates/selection_report.md",
-        figure=f"{RESULTS}/candidates/colour_colour.png",
+        figure=report(f"{RESULTS}/candidates/colour_colour.png", caption="../report/colour_colour.rst",
+                      category="1. Selection"),
     params:
         select=as_json(config["select"]),
     conda:
@@ -59,7 +61,8 @@ if MOCK:
         output:
             json=f"{RESULTS}/evaluation/selection_truth.json",
             markdown=f"{RESULTS}/evaluation/selection_truth.md",
-            figure=f"{RESULTS}/evaluation/colour_colour_truth.png",
+            figure=report(f"{RESULTS}/evaluation/colour_colour_truth.png", caption="../report/colour_colour_truth.rst",
+                          category="1. Selection"),
         params:
             select=as_json(config["select"]),
             enrichment=config["sky"]["enrichment"],

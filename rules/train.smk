@@ -30,7 +30,8 @@ rule train:
         meta=lambda wc: f"{RESULTS}/tensors/{run_scale(wc)}/meta.json",
     output:
         model=f"{RESULTS}/runs/{{run}}/model.pt",
-        history=f"{RESULTS}/runs/{{run}}/history.csv",
+        history=report(f"{RESULTS}/runs/{{run}}/history.csv", caption="../report/history.rst",
+                       category="2. Training", subcategory="{run}"),
     params:
         settings=train_settings,
         images=lambda wc, input: image_paths(input.tensors),

@@ -98,6 +98,25 @@ def test_mock_run_outputs_follow_the_contracts(mock_run):
 
 
 @pytest.mark.slow
+def test_proposal_outputs_and_report(mock_run):
+    run = mock_run / "results" / "runs" / "default"
+    ranked = pd.read_parquet(run / "candidates.parquet")
+    assert list(ranked.sort_values("rank")["rank"]) == list(range(1, len(ranked) + 1))
+    assert {"score", "flag_bd_peninsula", "flag_moving", "flag_artefact"} <= set(ranked.columns)
+    for name in ("candidates.ecsv", "candidates.vot", "candidates.csv", "targets_magellan.cat", "targets_lbt.txt",
+                 "explorer.html", "metrics.json", "umap.parquet"):
+        assert (run / name).stat().st_size > 0, name
+    assert (run / "finding_charts.pdf").read_bytes()[:4] == b"%PDF"
+    assert "http://" not in (run / "explorer.html").read_text().replace("http://www.w3.org", "")
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert "enrichment" in json.dumps(metrics)
+    proc = snakemake(mock_run, "--report", "results/report.html")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    html = (mock_run / "results" / "report.html").read_text()
+    assert "Cut flow of the dropout selection" in html and "Finding charts of the top candidates" in html
+
+
+@pytest.mark.slow
 def test_second_run_has_nothing_to_do(mock_run):
     proc = snakemake(mock_run, "--dry-run")
     assert proc.returncode == 0
