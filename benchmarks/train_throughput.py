@@ -147,14 +147,7 @@ def run_naive(trainer: Trainer, shards: ShardSet, meta: dict, settings: dict, ba
                                                         num_workers=0))
 
     def step(v1: torch.Tensor, v2: torch.Tensor) -> None:
-        x = torch.cat([v1, v2]).to(trainer.device)
-        with trainer.autocast():
-            _, z = trainer.model(x)
-        z1, z2 = z.float().chunk(2)
-        loss = trainer.loss_fn(z1, z2)
-        trainer.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        trainer.optimizer.step()
+        trainer.step_on_views(torch.cat([v1, v2]).to(trainer.device).contiguous(memory_format=trainer.memory_format))
 
     step(*next(loader))  # warm-up
     t0, n = time.perf_counter(), 0

@@ -125,18 +125,24 @@ def shard_cutouts(survey: str, source: str, candidates_path: str, manifest_path:
     return manifest
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Cutouts around a shard's candidates, into the cache + manifest.")
-    parser.add_argument("--survey", choices=("hsc", "vhs"), required=True)
+def add_source_arguments(parser: argparse.ArgumentParser, cutouts_default: str | None = None) -> None:
+    """Command-line arguments saying where cutouts come from: the mock sky model or the services."""
     parser.add_argument("--source", choices=("mock", "hsc"), required=True)
-    parser.add_argument("--candidates", required=True)
-    parser.add_argument("--manifest", required=True)
-    parser.add_argument("--cutouts", required=True, help="`cutouts` config section as JSON")
-    parser.add_argument("--service", default="{}", help="`hsc` or `vhs` config section as JSON (source hsc)")
+    parser.add_argument("--cutouts", required=cutouts_default is None, default=cutouts_default,
+                        help="`cutouts` config section as JSON")
+    parser.add_argument("--service", default="{}", help="`hsc` (or `vhs`) config section as JSON (source hsc)")
     parser.add_argument("--seed", type=int, default=0, help="mock sky seed (source mock)")
     parser.add_argument("--sky", default="{}", help="`sky` config section as JSON (source mock)")
     parser.add_argument("--catalogs", nargs="*", default=[], help="mock: catalogue shards of the sky model")
     parser.add_argument("--truths", nargs="*", default=[], help="mock: truth shards of the sky model")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Cutouts around a shard's candidates, into the cache + manifest.")
+    parser.add_argument("--survey", choices=("hsc", "vhs"), required=True)
+    parser.add_argument("--candidates", required=True)
+    parser.add_argument("--manifest", required=True)
+    add_source_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     shard_cutouts(args.survey, args.source, args.candidates, args.manifest, json.loads(args.cutouts),

@@ -640,22 +640,18 @@ def run_followup(ranked_path: str | Path, out_dir: str | Path, top_n: int, n_cha
 
 
 def main(argv: list[str] | None = None) -> int:
+    from workflow_scripts.cutouts import add_source_arguments
+
     parser = argparse.ArgumentParser(description="Proposal exports, target lists and finding charts of a ranked run.")
     parser.add_argument("--ranked", required=True, help="results/runs/{run}/candidates.parquet")
     parser.add_argument("--out-dir", required=True, help="results/runs/{run}/")
     parser.add_argument("--top-n", type=int, default=50, help="candidates in the exports and target lists")
     parser.add_argument("--charts", type=int, default=20, help="finding charts for the best N of the top-n")
-    parser.add_argument("--source", choices=("mock", "hsc"), required=True)
-    parser.add_argument("--cutouts", default='{"cache_dir": "cache"}', help="`cutouts` config section as JSON")
-    parser.add_argument("--service", default="{}", help="`hsc` config section as JSON (source hsc)")
+    add_source_arguments(parser, cutouts_default='{"cache_dir": "cache"}')
     parser.add_argument("--vhs", default="", help="`vhs` config section as JSON (source hsc; J panels)")
     parser.add_argument("--no-ir", action="store_true", help="no J panels")
     parser.add_argument("--half-size", type=float, default=CHART_HALF_SIZE_ARCSEC, help="chart half size (arcsec)")
     parser.add_argument("--prefix", default="HSC", help="designation prefix")
-    parser.add_argument("--seed", type=int, default=0, help="mock sky seed (source mock)")
-    parser.add_argument("--sky", default="{}", help="`sky` config section as JSON (source mock)")
-    parser.add_argument("--catalogs", nargs="*", default=[], help="mock: catalogue shards of the sky model")
-    parser.add_argument("--truths", nargs="*", default=[], help="mock: truth shards of the sky model")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import matplotlib

@@ -295,7 +295,10 @@ class Trainer:
     def train_step(self, batch: Batch, lr: float) -> Tensor:
         for g in self.optimizer.param_groups:
             g["lr"] = lr
-        x = self.views(batch.images, batch.mask, self.generator)
+        return self.step_on_views(self.views(batch.images, batch.mask, self.generator))
+
+    def step_on_views(self, x: Tensor) -> Tensor:
+        """One optimisation step on stacked views (2N, C, H, W): view 1 of each object, then view 2."""
         with self.autocast():
             _, z = self.model(x)
         z1, z2 = z.float().chunk(2)
