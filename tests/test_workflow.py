@@ -146,9 +146,14 @@ def planned_rules(workdir: Path, *config_args: str) -> set[str]:
     ("training={normalisation: per_band}", {"train", "embed"}, {"stack", "tensor_meta"}),
     ("training={embed_batch_size: 64}", {"embed"}, {"train", "stack"}),
     ("runs={default: {}, t005: {temperature: 0.05}}", {"train", "embed"}, {"stack", "select"}),
+    ("training={umap: {n_neighbors: 5}}", {"umap", "explorer"}, {"train", "embed", "rank", "stack"}),
+    ("training={rank: {k_neighbors: 5}} ", {"rank", "followup", "explorer", "evaluate"}, {"train", "embed", "stack"}),
+    ("tensors={scales_arcsec: [5.0]}|training={scale_arcsec: 5.0}", {"stack", "tensor_meta", "train"},
+     {"cutouts_hsc", "cutouts_ir", "select", "catalog"}),
+    ("select={z_dropout: {min_z_minus_y: 1.0}}", {"select", "cutouts_hsc", "stack", "train"}, {"catalog"}),
 ])
 def test_a_config_change_reruns_exactly_the_affected_rules(mock_run, override, expected, untouched):
-    rules = planned_rules(mock_run, override)
+    rules = planned_rules(mock_run, *override.strip().split("|"))
     assert expected <= rules and not (untouched & rules), rules
 
 
