@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import io
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from astropy.io import fits
@@ -120,45 +122,59 @@ def hsc_cutout_hdul(cut: HscCutout) -> fits.HDUList:
     return fits.HDUList(hdus)
 
 
-def write_hsc_cutout(cut: HscCutout, path: str | os.PathLike) -> None:
-    """Write *cut* atomically in the DAS format."""
+def _write_atomic(hdul: fits.HDUList, path: str | os.PathLike) -> None:
     with atomic_path(path) as tmp:
-        hsc_cutout_hdul(cut).writeto(tmp, overwrite=True)
+        hdul.writeto(tmp, overwrite=True)
 
 
-def hsc_cutout_bytes(cut: HscCutout) -> bytes:
+def _to_bytes(hdul: fits.HDUList) -> bytes:
     buf = io.BytesIO()
-    hsc_cutout_hdul(cut).writeto(buf)
+    hdul.writeto(buf)
     return buf.getvalue()
 
 
-def read_hsc_cutout(source: str | os.PathLike | bytes, band: str | None = None) -> HscCutout:
-    """Read and validate a DAS cutout (path or bytes); raise CutoutFormatError naming what is wrong."""
+def write_hsc_cutout(cut: HscCutout, path: str | os.PathLike) -> None:
+    """Write *cut* atomically in the DAS format."""
+    _write_atomic(hsc_cutout_hdul(cut), path)
+
+
+def hsc_cutout_bytes(cut: HscCutout) -> bytes:
+    return _to_bytes(hsc_cutout_hdul(cut))
+
+
+@contextmanager
+def _opened(source: str | os.PathLike | bytes) -> Iterator[tuple[str, fits.HDUList]]:
+    """(name, verified HDU list) of a FITS path or bytes; any failure becomes a CutoutFormatError naming it."""
     name = "<bytes>" if isinstance(source, bytes) else str(source)
     try:
-        opened = fits.open(io.BytesIO(source) if isinstance(source, bytes) else source, memmap=False)
-        with opened as hdul:
+        with fits.open(io.BytesIO(source) if isinstance(source, bytes) else source, memmap=False) as hdul:
             hdul.verify("exception")
-            if len(hdul) < 4:
-                raise CutoutFormatError(f"{name}: expected 4 HDUs (PRIMARY, IMAGE, MASK, VARIANCE), got {len(hdul)}")
-            image, mask, var = (hdul[i].data for i in (1, 2, 3))
-            for label, arr in (("IMAGE", image), ("MASK", mask), ("VARIANCE", var)):
-                if arr is None or arr.ndim != 2:
-                    raise CutoutFormatError(f"{name}: HDU {label} has no 2-D data")
-            if not (image.shape == mask.shape == var.shape):
-                raise CutoutFormatError(f"{name}: IMAGE/MASK/VARIANCE shapes differ")
-            bits = {k[3:]: int(v) for k, v in hdul[2].header.items() if k.startswith("MP_")} or dict(HSC_MASK_BITS)
-            filt = str(hdul[0].header.get("FILTER", ""))
-            band = band or next((b for b, f in HSC_FILTERS.items() if f == filt), "")
-            wcs = WCS(hdul[1].header)
-            if not wcs.has_celestial:
-                raise CutoutFormatError(f"{name}: IMAGE HDU has no celestial WCS")
-            return HscCutout(image=image.astype(np.float32), mask=mask.astype(np.int32), variance=var.astype(np.float32),
-                             wcs=wcs.celestial, band=band, mask_bits=bits, header=hdul[0].header.copy())
+            yield name, hdul
     except CutoutFormatError:
         raise
     except Exception as exc:  # astropy raises many types for corrupt files
         raise CutoutFormatError(f"{name}: not a readable FITS cutout ({type(exc).__name__}: {exc})") from None
+
+
+def read_hsc_cutout(source: str | os.PathLike | bytes, band: str | None = None) -> HscCutout:
+    """Read and validate a DAS cutout (path or bytes); raise CutoutFormatError naming what is wrong."""
+    with _opened(source) as (name, hdul):
+        if len(hdul) < 4:
+            raise CutoutFormatError(f"{name}: expected 4 HDUs (PRIMARY, IMAGE, MASK, VARIANCE), got {len(hdul)}")
+        image, mask, var = (hdul[i].data for i in (1, 2, 3))
+        for label, arr in (("IMAGE", image), ("MASK", mask), ("VARIANCE", var)):
+            if arr is None or arr.ndim != 2:
+                raise CutoutFormatError(f"{name}: HDU {label} has no 2-D data")
+        if not (image.shape == mask.shape == var.shape):
+            raise CutoutFormatError(f"{name}: IMAGE/MASK/VARIANCE shapes differ")
+        bits = {k[3:]: int(v) for k, v in hdul[2].header.items() if k.startswith("MP_")} or dict(HSC_MASK_BITS)
+        filt = str(hdul[0].header.get("FILTER", ""))
+        band = band or next((b for b, f in HSC_FILTERS.items() if f == filt), "")
+        wcs = WCS(hdul[1].header)
+        if not wcs.has_celestial:
+            raise CutoutFormatError(f"{name}: IMAGE HDU has no celestial WCS")
+        return HscCutout(image=image.astype(np.float32), mask=mask.astype(np.int32), variance=var.astype(np.float32),
+                         wcs=wcs.celestial, band=band, mask_bits=bits, header=hdul[0].header.copy())
 
 
 def vhs_cutout_hdul(cut: VhsCutout) -> fits.HDUList:
@@ -170,35 +186,24 @@ def vhs_cutout_hdul(cut: VhsCutout) -> fits.HDUList:
 
 
 def vhs_cutout_bytes(cut: VhsCutout) -> bytes:
-    buf = io.BytesIO()
-    vhs_cutout_hdul(cut).writeto(buf)
-    return buf.getvalue()
+    return _to_bytes(vhs_cutout_hdul(cut))
 
 
 def write_vhs_cutout(cut: VhsCutout, path: str | os.PathLike) -> None:
-    with atomic_path(path) as tmp:
-        vhs_cutout_hdul(cut).writeto(tmp, overwrite=True)
+    _write_atomic(vhs_cutout_hdul(cut), path)
 
 
 def read_vhs_cutout(source: str | os.PathLike | bytes, band: str | None = None) -> VhsCutout:
     """Read and validate a VSA cutout (first image HDU with a celestial WCS and MAGZPT)."""
-    name = "<bytes>" if isinstance(source, bytes) else str(source)
-    try:
-        opened = fits.open(io.BytesIO(source) if isinstance(source, bytes) else source, memmap=False)
-        with opened as hdul:
-            hdul.verify("exception")
-            hdu = next((h for h in hdul if h.data is not None and getattr(h.data, "ndim", 0) == 2), None)
-            if hdu is None:
-                raise CutoutFormatError(f"{name}: no 2-D image HDU")
-            if "MAGZPT" not in hdu.header:
-                raise CutoutFormatError(f"{name}: image header lacks MAGZPT")
-            wcs = WCS(hdu.header)
-            if not wcs.has_celestial:
-                raise CutoutFormatError(f"{name}: image has no celestial WCS")
-            return VhsCutout(image=hdu.data.astype(np.float32), wcs=wcs.celestial,
-                             band=band or str(hdu.header.get("FILTER", "")), magzpt=float(hdu.header["MAGZPT"]),
-                             exptime=float(hdu.header.get("EXPTIME", 1.0)))
-    except CutoutFormatError:
-        raise
-    except Exception as exc:
-        raise CutoutFormatError(f"{name}: not a readable FITS cutout ({type(exc).__name__}: {exc})") from None
+    with _opened(source) as (name, hdul):
+        hdu = next((h for h in hdul if h.data is not None and getattr(h.data, "ndim", 0) == 2), None)
+        if hdu is None:
+            raise CutoutFormatError(f"{name}: no 2-D image HDU")
+        if "MAGZPT" not in hdu.header:
+            raise CutoutFormatError(f"{name}: image header lacks MAGZPT")
+        wcs = WCS(hdu.header)
+        if not wcs.has_celestial:
+            raise CutoutFormatError(f"{name}: image has no celestial WCS")
+        return VhsCutout(image=hdu.data.astype(np.float32), wcs=wcs.celestial,
+                         band=band or str(hdu.header.get("FILTER", "")), magzpt=float(hdu.header["MAGZPT"]),
+                         exptime=float(hdu.header.get("EXPTIME", 1.0)))
