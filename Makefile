@@ -6,11 +6,12 @@ PROFILE ?= profiles/local
 SNAKEMAKE_ARGS ?=
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test dry-run report benchmark clean help
+.PHONY: run test test-slurm dry-run report benchmark clean help
 
 help:
 	@echo "make run        venv + install + run the pipeline on the default (mock) config"
 	@echo "make test       venv + install with test extras + run the whole test suite"
+	@echo "make test-slurm local single-node SLURM (root): the pipeline via profiles/slurm + preemption (~6 min)"
 	@echo "make dry-run    show the jobs the pipeline would run"
 	@echo "make report     the Snakemake HTML report (figures and tables with captions)"
 	@echo "make benchmark  run the ratio benchmarks in benchmarks/"
@@ -50,6 +51,13 @@ dry-run: $(VENV)/.installed-run
 test: $(VENV)/.installed-test
 	@bash tests/browser/install_chromium.sh   # Debian chromium for the explorer's browser test (root only)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Starts slurmctld/slurmd/munge from the OS packages (installs them; root), runs the slurm-marked
+# tests, stops the daemons again (also on failure). Not part of `make test` (see tests/test_slurm.py).
+test-slurm: $(VENV)/.installed-test
+	bash tests/slurm/start_cluster.sh
+	RUN_SLURM_TESTS=1 $(BIN)/python -m pytest -m slurm -rA tests/test_slurm.py $(PYTEST_ARGS); \
+	  rc=$$?; bash tests/slurm/stop_cluster.sh; exit $$rc
 
 benchmark: $(VENV)/.installed-test
 	$(BIN)/python -m benchmarks.select_streaming
