@@ -36,3 +36,16 @@ def test_env_versions_match_pyproject(env_file):
         assert version == pins[name], f"{env_file.name}: {name}={version}, pyproject pins {pins[name]}"
         checked += 1
     assert checked > 0
+
+
+def test_every_rule_names_an_existing_conda_env():
+    """So `--software-deployment-method conda` works on a cluster for every job."""
+    rule_block = re.compile(r"^\s*rule (\w+):\n(.*?)(?=^\s*rule \w+:|\Z)", re.M | re.S)
+    checked = 0
+    for smk in sorted((ROOT / "rules").glob("*.smk")):
+        for name, body in rule_block.findall(smk.read_text()):
+            env = re.search(r'conda:\s*\n\s*"([^"]+)"', body)
+            assert env, f"{smk.name}: rule {name} names no conda env"
+            assert (smk.parent / env.group(1)).resolve().is_file(), f"{smk.name}: rule {name}: {env.group(1)} missing"
+            checked += 1
+    assert checked >= 15
