@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from workflow_scripts.contracts import atomic_path
+from workflow_scripts.contracts import atomic_path, write_text_atomic
 from workflow_scripts.rank import parse_settings
 
 PLOT_K = "50"
@@ -99,8 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     prefix = Path(args.out_prefix)
     with atomic_path(prefix.with_suffix(".csv")) as tmp:
         df.to_csv(tmp, index=False)
-    with atomic_path(prefix.with_suffix(".md")) as tmp:
-        Path(tmp).write_text(table_markdown(df))
+    write_text_atomic(prefix.with_suffix(".md"), table_markdown(df))
     plot(df, prefix.with_suffix(".png"))
     print(f"compare: {len(df)} runs -> {prefix}.csv/.md/.png", file=sys.stderr)
     return 0

@@ -91,6 +91,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write *text* (UTF-8) to *path* atomically (temporary file, then rename); return the path."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
 def write_parquet_atomic(table: pa.Table, path: str | os.PathLike) -> None:
     """Write *table* to *path* atomically (temporary file, then rename)."""
     with atomic_path(path) as tmp:

@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 
-from workflow_scripts.contracts import atomic_path, write_parquet_atomic
+from workflow_scripts.contracts import atomic_path, write_parquet_atomic, write_text_atomic
 
 STATUSES = ("ok", "no_coverage", "failed")
 MANIFEST_SCHEMA = pa.schema([
@@ -83,8 +83,7 @@ class CutoutCache:
         return target
 
     def mark_no_coverage(self, object_id: int, band: str, reason: str) -> None:
-        with atomic_path(self._nocov_path(object_id, band)) as tmp:
-            Path(tmp).write_text(json.dumps({"reason": reason}))
+        write_text_atomic(self._nocov_path(object_id, band), json.dumps({"reason": reason}))
 
     def no_coverage_reason(self, object_id: int, band: str) -> str:
         try:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from workflow_scripts.cutout_cache import STATUSES, read_manifest
-from workflow_scripts.selection_report import write_text_atomic
+from workflow_scripts.contracts import write_text_atomic
 
 
 def summarise(manifests: list[str]) -> pd.DataFrame:

@@ -29,13 +29,12 @@ import argparse
 import itertools
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from workflow_scripts.contracts import atomic_path, flux_to_mag
+from workflow_scripts.contracts import flux_to_mag, write_text_atomic
 from workflow_scripts.rank import feature_matrix, parse_settings, rank_settings, read_candidates
 
 TARGETS: dict[str, float] = {"z65": 6.5, "z57": 5.7}
@@ -332,10 +331,8 @@ def main(argv: list[str] | None = None) -> int:
         j_mag = pd.Series(j_band_mag(args.ir, ids), index=ids)
     metrics = evaluate(pd.read_parquet(args.ranked), pd.read_parquet(args.embeddings), candidates, truth,
                        settings, args.enrichment, j_mag, cuts)
-    with atomic_path(args.out_json) as tmp:
-        Path(tmp).write_text(json.dumps(metrics, indent=2, default=float, allow_nan=True) + "\n")
-    with atomic_path(args.out_md) as tmp:
-        Path(tmp).write_text(metrics_markdown(metrics))
+    write_text_atomic(args.out_json, json.dumps(metrics, indent=2, default=float, allow_nan=True) + "\n")
+    write_text_atomic(args.out_md, metrics_markdown(metrics))
     print(f"evaluate: -> {args.out_json}, {args.out_md}", file=sys.stderr)
     return 0
 

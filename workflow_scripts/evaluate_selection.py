@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from workflow_scripts.contracts import atomic_path, flux_to_mag
+from workflow_scripts.contracts import flux_to_mag, write_text_atomic
 from workflow_scripts.select import CutFlow, iter_catalog_batches, select_batch
-from workflow_scripts.selection_report import plot_colour_colour, read_all, write_text_atomic
+from workflow_scripts.selection_report import plot_colour_colour, read_all
 
 #: Truth-table label used for the per-class cut flow: class, with quasars split by redshift.
 REDSHIFT_BINS = ((6.5, np.inf, "quasar z>6.5"), (5.7, 6.5, "quasar 5.7<z<6.5"), (-np.inf, 5.7, "quasar z<5.7"))
@@ -109,8 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     candidates = read_all(args.candidates)
     comp = completeness(truth, candidates, cfg)
     result = {"enrichment": args.enrichment, "completeness": comp, "cut_flow_by_class": flow}
-    with atomic_path(args.json) as tmp:
-        Path(tmp).write_text(json.dumps(result, indent=2) + "\n")
+    write_text_atomic(args.json, json.dumps(result, indent=2) + "\n")
 
     comp_lines = [f"- {k}: {v['selected']}/{v['true']} selected ({v['brighter_than']})"
                   + (f" = {100 * v['completeness']:.1f} %" if v["completeness"] is not None else "")

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from workflow_scripts.contracts import atomic_path
+from workflow_scripts.contracts import write_text_atomic
 
 #: Band order of the tensors (``meta.json`` says so for a real stack).
 DEFAULT_BANDS: tuple[str, ...] = ("g", "r", "i", "z", "y", "J", "Ks")
@@ -292,8 +292,7 @@ def build_explorer(umap_df: pd.DataFrame, candidates_df: pd.DataFrame | None, th
     """
     frame = merge_inputs(umap_df, candidates_df)
     html = render_html(explorer_payload(frame, thumbnails, tuple(bands), title, max_thumbnails))
-    with atomic_path(out_path) as tmp:
-        tmp.write_text(html, encoding="utf-8")
+    write_text_atomic(out_path, html)
     return Path(out_path).stat().st_size
 
 

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 from astropy.wcs import WCS
 
-from workflow_scripts.contracts import BANDS, atomic_path
+from workflow_scripts.contracts import BANDS, atomic_path, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -352,11 +352,6 @@ def lbt_starlist(export: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_text_atomic(text: str, path: str | Path) -> Path:
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text(text)
-    return Path(path)
-
 
 # ----------------------------------------------------------------------------------------------------------------
 # Finding charts
@@ -626,8 +621,8 @@ def run_followup(ranked_path: str | Path, out_dir: str | Path, top_n: int, n_cha
     top = full.head(int(top_n))
     written = {"exports": write_exports(top, out_dir, "candidates", meta)
                + write_exports(full, out_dir, "candidates_all", meta)}
-    written["targets"] = [write_text_atomic(magellan_catalog(top), out_dir / "targets_magellan.cat"),
-                          write_text_atomic(lbt_starlist(top), out_dir / "targets_lbt.txt")]
+    written["targets"] = [write_text_atomic(out_dir / "targets_magellan.cat", magellan_catalog(top)),
+                          write_text_atomic(out_dir / "targets_lbt.txt", lbt_starlist(top))]
     charted = top.head(int(n_charts))
     if len(charted):
         hsc_cache, vhs_cache = fetch_chart_cutouts(charted, source, cutouts_cfg, service_cfg, vhs_cfg, seed, sky_cfg,

@@ -35,6 +35,7 @@ from workflow_scripts.contracts import (
     atomic_path,
     check_catalog_schema,
     write_parquet_atomic,
+    write_text_atomic,
 )
 
 log = logging.getLogger(__name__)
@@ -337,8 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = json.loads(args.select)
     report, sample = select_shard(args.catalog, cfg, args.out, args.shard)
     write_parquet_atomic(pa.Table.from_pandas(sample, preserve_index=False), args.sample)
-    with atomic_path(args.report) as tmp:
-        tmp.write_text(json.dumps(report, indent=2) + "\n")
+    write_text_atomic(args.report, json.dumps(report, indent=2) + "\n")
     log.info("%s: %d rows -> %d candidates (%s)", args.shard, report["rows"], report["selected"].get("any", 0),
              ", ".join(f"{k} {v}" for k, v in report["selected"].items() if k != "any"))
     return 0

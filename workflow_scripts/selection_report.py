@@ -11,10 +11,9 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from workflow_scripts.contracts import atomic_path
+from workflow_scripts.contracts import atomic_path, write_text_atomic
 
 BRANCH_STYLE = {"i_dropout": ("tab:orange", "o"), "z_dropout": ("tab:red", "s")}
 
@@ -104,11 +103,6 @@ def read_all(paths: list[str]) -> pd.DataFrame:
     frames = [pd.read_parquet(p) for p in paths]
     frames = [f for f in frames if len(f)]
     return pd.concat(frames, ignore_index=True) if frames else pd.read_parquet(paths[0])
-
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text(text)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -52,7 +52,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from workflow_scripts.contracts import BANDS, atomic_path
+from workflow_scripts.contracts import BANDS, atomic_path, write_text_atomic
 from workflow_scripts.cutout_format import HSC_NJY_PER_COUNT, HSC_PIXEL_SCALE_ARCSEC, CutoutFormatError
 from workflow_scripts.fits_fast import DasFile, read_das
 
@@ -352,8 +352,7 @@ def compute_meta(images_paths: list[str | os.PathLike], scale_arcsec: float, chu
 
 
 def write_meta(meta: dict, path: str | os.PathLike) -> None:
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text(json.dumps(meta, indent=2, allow_nan=True) + "\n")
+    write_text_atomic(path, json.dumps(meta, indent=2, allow_nan=True) + "\n")
 
 
 # ---------------------------------------------------------------- CLI
