@@ -42,7 +42,9 @@ rule train:
     conda:
         "../envs/torch.yaml"
     threads: 2
-    retries: 2  # exit 75 = checkpointed after SIGTERM/SIGURG (preemption, time limit): rerun resumes
+    # exit 75 = checkpointed after SIGTERM/SIGURG (preemption, time limit), or killed at the hard time
+    # limit (SLURM resubmits): the rerun resumes from the checkpoint
+    retries: config["train_restarts"]
     resources:
         mem_mb=8000,
         runtime=240,

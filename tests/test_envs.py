@@ -1,6 +1,10 @@
 """envs/*.yaml pin the same versions as pyproject.toml, so a cluster conda run matches a local run."""
 
+import os
 import re
+import shutil
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -49,3 +53,36 @@ def test_every_rule_names_an_existing_conda_env():
             assert (smk.parent / env.group(1)).resolve().is_file(), f"{smk.name}: rule {name}: {env.group(1)} missing"
             checked += 1
     assert checked >= 15
+
+
+def conda_env(workdir: Path) -> dict:
+    """PATH with a conda front end: the real conda where one is installed, else tests/conda_front
+    (answers Snakemake's pre-flight queries only; see its docstring)."""
+    environ = dict(os.environ)
+    path = f"{Path(sys.executable).parent}:{environ['PATH']}"
+    if not shutil.which("conda"):
+        path = f"{ROOT / 'tests' / 'conda_front'}:{path}"
+        environ["CONDA_FRONT_PREFIX"] = str(workdir / "conda-prefix")
+    environ["PATH"] = path
+    return environ
+
+
+@pytest.mark.parametrize("profile", ["local", "slurm"])
+def test_conda_dry_run_lists_every_env(tmp_path, profile):
+    """`--software-deployment-method conda --dry-run` on the default config: all four envs resolve
+    and would be created (so a cluster run with that flag deploys one env per rule family)."""
+    shutil.copy(ROOT / "config.yaml", tmp_path / "config.yaml")
+    base = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(tmp_path),
+            "--profile", str(ROOT / "profiles" / profile), "--software-deployment-method", "conda"]
+    environ = conda_env(tmp_path)
+    proc = subprocess.run([*base, "--dry-run"], capture_output=True, text=True, env=environ, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    env_files = sorted(p.name for p in (ROOT / "envs").glob("*.yaml"))
+    created = sorted(Path(m).name for m in re.findall(r"Conda environment (\S+) will be created", out))
+    assert created == env_files, out[-3000:]
+    listed = subprocess.run([*base, "--list-conda-envs"], capture_output=True, text=True, env=environ, cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr[-3000:]
+    rows = [line.split("\t") for line in listed.stdout.splitlines() if line.endswith("_") and "\t" in line]
+    assert sorted(Path(row[0]).name for row in rows) == env_files, listed.stdout
+    assert all(row[-1].startswith(".snakemake/conda/") for row in rows), rows

@@ -5,29 +5,36 @@ Run with `make test-slurm` (brings the cluster up with tests/slurm/start_cluster
 RUN_SLURM_TESTS=1, root, and the slurm-wlm/munge packages are installed or installable (apt-get).
 
 What it checks
-  (a) the tiny mock config through `snakemake --profile profiles/slurm`: every rule but `all` ran
-      as its own sbatch job (job ids from .snakemake/slurm_logs/, state/partition/GPU from
-      `scontrol show job`; there is no sacct without slurmdbd), train/embed on partition `gpu`,
-      and the outputs equal a local-profile run (candidates, tensors, model state, embeddings).
+  (a) the tiny mock config through `snakemake --profile profiles/slurm`: every ungrouped rule but
+      `all` ran as its own sbatch job, the profile's `shard_chain` group (select -> cutouts ->
+      reprojection -> stack of a shard) as one sbatch job per SHARDS_PER_GROUP_JOB shards (job ids
+      from .snakemake/slurm_logs/, state/partition/GPU from `scontrol show job`; there is no sacct
+      without slurmdbd), train/embed on partition `gpu`, and the outputs equal a local-profile run
+      (candidates, tensors, model state, embeddings).
   (b) preemption: train (40 epochs, checkpoint every step) gets `scancel --signal=URG` (what the
       profile's `--signal=URG@300` delivers before the time limit) or `--signal=TERM` (preemption,
-      `scancel`) mid-way; the rule's `retries: 2` reruns it (observed: inside the same SLURM job,
-      same job id, Restarts=0: the in-allocation Snakemake honours rule-level retries), the log
-      says "resumed from ... at step k", and model.pt equals an uninterrupted run's (torch.equal).
+      `scancel`) mid-way; the rule's retries (`train_restarts`) rerun it (observed: inside the same
+      SLURM job, same job id, Restarts=0: the in-allocation Snakemake honours rule-level retries),
+      the log says "resumed from ... at step k", and model.pt equals an uninterrupted run's.
+  (c) the hard time limit: train under a 1-minute limit without the warning signal, with ~2 min of
+      training: SLURM kills it (TIMEOUT), the outer Snakemake resubmits it as a new job id, and
+      the last job resumes from the checkpoint and finishes.
 
 Local-cluster overrides (the only differences from profiles/slurm): the cluster has fake GRES GPUs
 (tests/slurm/start_cluster.sh), so the profile's `gpu: 1` / `slurm_partition: gpu` /
 `slurm_extra` of train and embed stay as they are; only cpus_per_task and mem_mb are lowered to fit
-the 2-core node. They are passed as `--set-resources`, which replaces the profile's whole
-`set-resources` block, so the block is rebuilt from the profile (see `set_resources_args`).
+the 2-core node, and one shard per group job (`--group-components shard_chain=1`). They are passed
+as `--set-resources`, which replaces the profile's whole `set-resources` block, so the block is
+rebuilt from the profile (see `set_resources_args`).
 `--slurm-init-seconds-before-status-checks 5` (default 40) only makes the run faster.
 
 Timings on the 2-core / 24 GB dev container (cluster already installed; the install itself
 takes ~15 s with a warm mirror, budget 1-3 min in CI):
-  SLURM run (25 sbatch jobs) 3.5-4 min, local-profile reference run ~40 s, uninterrupted
-  reference train ~10 s, preemption test ~1 min per signal (URG, TERM): the module ~6 min.
-Not in `make test`: it needs root and running daemons on the runner and would add ~6 min to the
-~3.5 min suite (it fits the 90 min CI budget, best as a separate CI job: `make test-slurm`).
+  SLURM run (13 sbatch jobs for 25 Snakemake jobs) ~2.6 min, local-profile reference run ~40 s,
+  uninterrupted reference train ~10 s, preemption test ~30 s per signal (URG, TERM), time-limit
+  test ~3-5 min: the module ~8-10 min.
+Not in `make test`: it needs root and running daemons on the runner and would more than double
+the ~7 min suite (it fits the 90 min CI budget, best as a separate CI job: `make test-slurm`).
 """
 
 import json
@@ -53,6 +60,10 @@ PROFILE = ROOT / "profiles" / "slurm"
 # What the 2-core test node can hold (the profile asks for 8 CPUs / 32 GB for train).
 LOCAL_CLUSTER = {"train": {"cpus_per_task": 2, "mem_mb": 3000}, "embed": {"cpus_per_task": 2, "mem_mb": 3000}}
 PREEMPT_TRAINING = {**TINY["training"], "epochs": 40, "checkpoint_every_steps": 1}
+# A group job of the profile's shard_chain asks for the summed cpus of one layer (cutouts_hsc and
+# cutouts_ir side by side: 2 per shard), so one shard per group job fits the 2-core node.
+SHARDS_PER_GROUP_JOB = 1
+GROUP_LOG_PREFIX = "group_shard_chain"
 TIMINGS: dict[str, float] = {}
 
 
@@ -79,14 +90,16 @@ def set_resources_args(overrides: dict) -> list[str]:
     block = yaml.safe_load((PROFILE / "config.yaml").read_text())["set-resources"]
     for rule, values in overrides.items():
         block.setdefault(rule, {}).update(values)
+        block[rule] = {k: v for k, v in block[rule].items() if v is not None}  # None: drop the profile's entry
     return ["--set-resources", *(f"{rule}:{k}={v}" for rule, values in block.items() for k, v in values.items())]
 
 
-def slurm_snakemake(workdir: Path, *args: str, timeout: int = 1200) -> subprocess.Popen:
+def slurm_snakemake(workdir: Path, *args: str, timeout: int = 1200, resources: dict | None = None) -> subprocess.Popen:
     cmd = ["timeout", "-s", "INT", "--kill-after=30", str(timeout),  # SIGTERM does not stop snakemake
            sys.executable, "-m", "snakemake", *args, "-s", str(ROOT / "Snakefile"), "-d", str(workdir),
            "--profile", str(PROFILE), "--slurm-init-seconds-before-status-checks", "5", "--jobs", "4",
-           *set_resources_args(LOCAL_CLUSTER)]  # args (targets) first: --set-resources takes a list
+           "--group-components", f"shard_chain={SHARDS_PER_GROUP_JOB}",
+           *set_resources_args(resources or LOCAL_CLUSTER)]  # args (targets) first: --set-resources takes a list
     log = open(workdir / "snakemake.out", "w")
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True, env=env(), cwd=workdir)
 
@@ -173,20 +186,33 @@ def slurm_run(cluster, tmp_path_factory):
 
 
 def test_every_rule_ran_as_a_slurm_job(slurm_run):
+    """Ungrouped rules: one sbatch job per Snakemake job. The profile's shard_chain group: one sbatch
+    job per SHARDS_PER_GROUP_JOB shards, inside which the whole chain of those shards ran."""
     workdir, out = slurm_run
     expected = job_stats(out)
     expected.pop("all")  # localrule
+    grouped = set(yaml.safe_load((PROFILE / "config.yaml").read_text())["groups"])
     jobs = slurm_jobs(workdir)
+    group_jobs = [job_id for rule, job_id in jobs if rule.startswith(GROUP_LOG_PREFIX)]
     ran: dict[str, int] = {}
     for rule, _ in jobs:
-        ran[rule] = ran.get(rule, 0) + 1
-    assert ran == expected, (ran, expected)
+        if not rule.startswith(GROUP_LOG_PREFIX):
+            ran[rule] = ran.get(rule, 0) + 1
+    assert ran == {rule: n for rule, n in expected.items() if rule not in grouped}, (ran, expected)
+    n_shards = len(TINY["shards"])
+    assert len(group_jobs) == -(-n_shards // SHARDS_PER_GROUP_JOB), group_jobs
+    in_groups: dict[str, int] = {}
+    for job_id in group_jobs:  # the in-allocation Snakemake logs each job it ran as "localrule <rule>:"
+        log = next((workdir / ".snakemake" / "slurm_logs").glob(f"{GROUP_LOG_PREFIX}*/{job_id}.log")).read_text()
+        for rule in re.findall(r"^localrule (\w+):", log, re.M):
+            in_groups[rule] = in_groups.get(rule, 0) + 1
+    assert in_groups == {rule: expected[rule] for rule in grouped}, in_groups
     names = set()
     for rule, job_id in jobs:
         info = scontrol(job_id)
         assert info["JobState"] == "COMPLETED" and info["ExitCode"] == "0:0", (rule, job_id, info)
         assert info["Partition"] == ("gpu" if rule in ("train", "embed") else "cpu"), (rule, info["Partition"])
-        assert info["Comment"].startswith(f"rule_{rule}"), info["Comment"]
+        assert info["Comment"].startswith(f"rule_{rule.removeprefix('group_')}"), info["Comment"]
         if rule in ("train", "embed"):
             assert info.get("TresPerJob") == "gres:gpu:1", info  # --gpus=1 from the profile's `gpu: 1`
         names.add(info["JobName"])
@@ -195,7 +221,8 @@ def test_every_rule_ran_as_a_slurm_job(slurm_run):
     listed = subprocess.run(["squeue", "--states=all", "-h", "-o", "%i|%P|%T", "--name", names.pop()],
                             capture_output=True, text=True, check=True).stdout.split()
     assert sorted(listed) == sorted(f"{j}|{scontrol(j)['Partition']}|COMPLETED" for _, j in jobs)
-    print("\n[slurm jobs] " + " ".join(f"{rule}={job_id}" for rule, job_id in jobs))
+    print(f"\n[slurm jobs] {len(jobs)} sbatch jobs for {sum(expected.values())} Snakemake jobs: "
+          + " ".join(f"{rule}={job_id}" for rule, job_id in jobs))
 
 
 def test_slurm_outputs_equal_a_local_run(slurm_run, local_run):
@@ -282,3 +309,38 @@ def test_a_signalled_train_job_is_retried_and_resumes_from_its_checkpoint(slurm_
           f"{info1['JobState']} {info1['ExitCode']} Restarts={info1['Restarts']}; final job {final} {info2['JobState']}, "
           f"resumed at step {resumed[1]}; attempt-1 output: "
           + "; ".join(sorted(set(re.findall(r"stopped by SIG\w+ after step \d+|exit 75 \(requeue\)", out)))))
+
+
+def test_a_train_job_killed_at_its_time_limit_is_resubmitted_and_resumes(slurm_run, tmp_path):
+    """The hard limit, without the profile's warning signal (a site that does not deliver it): train
+    runs under a 1-minute limit with more training than fits, so slurmctld kills it (SIGTERM, then
+    SIGKILL after KillWait; state TIMEOUT); the outer Snakemake submits a new SLURM job
+    (`train_restarts`), which resumes from the last checkpoint, until the training is done."""
+    workdir = tmp_path / "timelimit"
+    shutil.copytree(slurm_run[0] / "results", workdir / "results")
+    shutil.rmtree(workdir / "results/runs")  # no .snakemake metadata copied: make train run
+    # ~120 s of training at the throughput the SLURM run measured (its last "objects/s"; checkpoints
+    # make it slower), so at least one limit (60 s, enforced within slurmctld's 30 s check period)
+    # falls in the middle of it
+    train_log = (slurm_run[0] / "results/logs/train/default.log").read_text()
+    objects = int(re.search(r"(\d+) objects x", train_log)[1])
+    per_s = float(re.findall(r"([\d.]+) objects/s", train_log)[-1])
+    epochs = max(100, round(120 * per_s / objects))
+    write_config(workdir, {**TINY, "training": {**TINY["training"], "epochs": epochs, "checkpoint_every_steps": 50},
+                           "train_restarts": 4})
+    resources = {**LOCAL_CLUSTER, "train": {**LOCAL_CLUSTER["train"], "runtime": 1, "slurm_extra": None}}
+    t0 = time.monotonic()
+    out = wait(slurm_snakemake(workdir, "results/runs/default/model.pt", timeout=1200, resources=resources), workdir)
+    TIMINGS["time-limit run"] = time.monotonic() - t0
+    train_jobs = [job for rule, job in slurm_jobs(workdir) if rule == "train"]
+    states = [scontrol(job)["JobState"] for job in train_jobs]
+    assert len(train_jobs) >= 2 and states[-1] == "COMPLETED" and set(states[:-1]) == {"TIMEOUT"}, \
+        (train_jobs, states, out[-3000:])
+    assert all(scontrol(job)["TimeLimit"] == "00:01:00" for job in train_jobs)
+    assert out.count("Trying to restart job") >= len(train_jobs) - 1, out[-3000:]
+    log = (workdir / "results/logs/train/default.log").read_text()  # the last job's log
+    resumed = re.search(r"resumed from \S+checkpoint\.pt at step (\d+)", log)
+    assert resumed and int(resumed[1]) > 0, log[-2000:]
+    assert f"epoch {epochs}/{epochs}" in log and not (workdir / "results/runs/default/checkpoint.pt").exists()
+    print(f"\n[slurm time limit] {epochs} epochs under a 1-minute limit: jobs {train_jobs} -> {states}; "
+          f"the last resumed at step {resumed[1]}")

@@ -123,6 +123,12 @@ def test_second_run_has_nothing_to_do(mock_run):
     assert "Nothing to be done" in proc.stdout + proc.stderr
 
 
+def test_raising_train_restarts_reruns_nothing(mock_run):
+    proc = snakemake(mock_run, "--dry-run", "--config", "train_restarts=8")
+    assert proc.returncode == 0, proc.stderr
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
 @pytest.mark.slow
 def test_changing_a_selection_threshold_reruns_select_not_catalog(mock_run):
     proc = snakemake(mock_run, "--dry-run", "--quiet", "rules", "--config", "select={i_dropout: {max_mag_z: 24.0}}")
