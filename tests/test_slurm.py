@@ -30,7 +30,7 @@ rebuilt from the profile (see `set_resources_args`).
 
 Timings on the 2-core / 24 GB dev container (cluster already installed; the install itself
 takes ~15 s with a warm mirror, budget 1-3 min in CI):
-  SLURM run (13 sbatch jobs for 25 Snakemake jobs) ~2.6 min, local-profile reference run ~40 s,
+  SLURM run (17 sbatch jobs for 25 Snakemake jobs; 25 without groups) ~2.6 min, local-profile reference run ~40 s,
   uninterrupted reference train ~10 s, preemption test ~30 s per signal (URG, TERM), time-limit
   test ~3-5 min: the module ~8-10 min.
 Not in `make test`: it needs root and running daemons on the runner and would more than double
