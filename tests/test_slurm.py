@@ -242,13 +242,18 @@ def test_slurm_outputs_equal_a_local_run(slurm_run, local_run):
                                   pd.read_parquet(local / "runs/default/embeddings.parquet"))
 
 
+def train_workdir(done_run: Path, workdir: Path, config: dict) -> None:
+    """`workdir` with a finished run's results up to the tensors, so that only train (and later) runs."""
+    shutil.copytree(done_run / "results", workdir / "results")
+    shutil.rmtree(workdir / "results/runs")  # no .snakemake metadata copied: make train run
+    write_config(workdir, config)
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(slurm_run, tmp_path_factory):
     """PREEMPT_TRAINING trained without interruption (local profile, on the SLURM run's tensors)."""
     workdir = tmp_path_factory.mktemp("uninterrupted")
-    shutil.copytree(slurm_run[0] / "results", workdir / "results")
-    shutil.rmtree(workdir / "results/runs")  # no .snakemake metadata copied: make train run
-    write_config(workdir, {**TINY, "training": PREEMPT_TRAINING})
+    train_workdir(slurm_run[0], workdir, {**TINY, "training": PREEMPT_TRAINING})
     t0 = time.monotonic()
     local_snakemake(workdir, "results/runs/default/model.pt")
     TIMINGS["uninterrupted reference train"] = time.monotonic() - t0
@@ -265,9 +270,7 @@ def running_train_job(workdir: Path) -> str | None:
 def test_a_signalled_train_job_is_retried_and_resumes_from_its_checkpoint(slurm_run, uninterrupted, tmp_path,
                                                                           signal):
     workdir = tmp_path / "preempt"
-    shutil.copytree(slurm_run[0] / "results", workdir / "results")
-    shutil.rmtree(workdir / "results/runs")  # no .snakemake metadata copied: make train run
-    write_config(workdir, {**TINY, "training": PREEMPT_TRAINING})
+    train_workdir(slurm_run[0], workdir, {**TINY, "training": PREEMPT_TRAINING})
     train_log = workdir / "results/logs/train/default.log"
     train_log.unlink(missing_ok=True)
     t0 = time.monotonic()
@@ -317,8 +320,6 @@ def test_a_train_job_killed_at_its_time_limit_is_resubmitted_and_resumes(slurm_r
     SIGKILL after KillWait; state TIMEOUT); the outer Snakemake submits a new SLURM job
     (`train_restarts`), which resumes from the last checkpoint, until the training is done."""
     workdir = tmp_path / "timelimit"
-    shutil.copytree(slurm_run[0] / "results", workdir / "results")
-    shutil.rmtree(workdir / "results/runs")  # no .snakemake metadata copied: make train run
     # ~120 s of training at the throughput the SLURM run measured (its last "objects/s"; checkpoints
     # make it slower), so at least one limit (60 s, enforced within slurmctld's 30 s check period)
     # falls in the middle of it
@@ -326,8 +327,8 @@ def test_a_train_job_killed_at_its_time_limit_is_resubmitted_and_resumes(slurm_r
     objects = int(re.search(r"(\d+) objects x", train_log)[1])
     per_s = float(re.findall(r"([\d.]+) objects/s", train_log)[-1])
     epochs = max(100, round(120 * per_s / objects))
-    write_config(workdir, {**TINY, "training": {**TINY["training"], "epochs": epochs, "checkpoint_every_steps": 50},
-                           "train_restarts": 4})
+    train_workdir(slurm_run[0], workdir, {**TINY, "train_restarts": 4,
+                                          "training": {**TINY["training"], "epochs": epochs, "checkpoint_every_steps": 50}})
     resources = {**LOCAL_CLUSTER, "train": {**LOCAL_CLUSTER["train"], "runtime": 1, "slurm_extra": None}}
     t0 = time.monotonic()
     out = wait(slurm_snakemake(workdir, "results/runs/default/model.pt", timeout=1200, resources=resources), workdir)
