@@ -11,7 +11,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 help:
 	@echo "make run        venv + install + run the pipeline on the default (mock) config"
 	@echo "make test       venv + install with test extras + run the whole test suite"
-	@echo "make test-slurm local single-node SLURM (root): the pipeline via profiles/slurm, preemption, time limit (~10 min)"
+	@echo "make test-slurm local single-node SLURM (root): the pipeline via profiles/slurm, preemption, time limit (~7 min)"
 	@echo "make dry-run    show the jobs the pipeline would run"
 	@echo "make report     the Snakemake HTML report (figures and tables with captions)"
 	@echo "make benchmark  run the ratio benchmarks in benchmarks/"

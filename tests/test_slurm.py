@@ -16,7 +16,7 @@ What it checks
       `scancel`) mid-way; the rule's retries (`train_restarts`) rerun it (observed: inside the same
       SLURM job, same job id, Restarts=0: the in-allocation Snakemake honours rule-level retries),
       the log says "resumed from ... at step k", and model.pt equals an uninterrupted run's.
-  (c) the hard time limit: train under a 1-minute limit without the warning signal, with ~2 min of
+  (c) the hard time limit: train under a 1-minute limit without the warning signal, with ~2.5 min of
       training: SLURM kills it (TIMEOUT), the outer Snakemake resubmits it as a new job id, and
       the last job resumes from the checkpoint and finishes.
 
@@ -32,7 +32,7 @@ Timings on the 2-core / 24 GB dev container (cluster already installed; the inst
 takes ~15 s with a warm mirror, budget 1-3 min in CI):
   SLURM run (17 sbatch jobs for 25 Snakemake jobs; 25 without groups) ~2.6 min, local-profile reference run ~40 s,
   uninterrupted reference train ~10 s, preemption test ~30 s per signal (URG, TERM), time-limit
-  test ~3-5 min: the module ~8-10 min.
+  test ~2-3 min: the module ~7-8 min.
 Not in `make test`: it needs root and running daemons on the runner and would more than double
 the ~7 min suite (it fits the 90 min CI budget, best as a separate CI job: `make test-slurm`).
 """
