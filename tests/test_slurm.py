@@ -33,7 +33,7 @@ takes ~15 s with a warm mirror, budget 1-3 min in CI):
   SLURM run (17 sbatch jobs for 25 Snakemake jobs; 25 without groups) ~2.6 min, local-profile reference run ~40 s,
   uninterrupted reference train ~10 s, preemption test ~30 s per signal (URG, TERM), time-limit
   test ~2-3 min: the module ~7-8 min.
-Not in `make test`: it needs root and running daemons on the runner and would more than double
+Not in `make test`: it needs root and running daemons on the runner and would double
 the ~7 min suite (it fits the 90 min CI budget, best as a separate CI job: `make test-slurm`).
 """
 
