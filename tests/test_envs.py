@@ -1,6 +1,5 @@
 """envs/*.yaml pin the same versions as pyproject.toml, so a cluster conda run matches a local run."""
 
-import os
 import re
 import shutil
 import subprocess
@@ -10,6 +9,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.test_workflow import pipeline_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,13 +59,10 @@ def test_every_rule_names_an_existing_conda_env():
 def conda_env(workdir: Path) -> dict:
     """PATH with a conda front end: the real conda where one is installed, else tests/conda_front
     (answers Snakemake's pre-flight queries only; see its docstring)."""
-    environ = dict(os.environ)
-    path = f"{Path(sys.executable).parent}:{environ['PATH']}"
-    if not shutil.which("conda"):
-        path = f"{ROOT / 'tests' / 'conda_front'}:{path}"
-        environ["CONDA_FRONT_PREFIX"] = str(workdir / "conda-prefix")
-    environ["PATH"] = path
-    return environ
+    if shutil.which("conda"):
+        return pipeline_env()
+    return pipeline_env({"CONDA_FRONT_PREFIX": str(workdir / "conda-prefix")},
+                        path_prefix=f"{ROOT / 'tests' / 'conda_front'}:")
 
 
 @pytest.mark.parametrize("profile", ["local", "slurm"])

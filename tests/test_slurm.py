@@ -51,7 +51,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.test_workflow import ROOT, TINY, write_config
+from tests.test_workflow import ROOT, TINY, pipeline_env, write_config
 
 pytestmark = pytest.mark.slurm
 
@@ -77,12 +77,6 @@ def skip_reason() -> str | None:
     return None
 
 
-def env() -> dict:
-    environ = dict(os.environ)
-    environ["PATH"] = f"{Path(sys.executable).parent}:{environ['PATH']}"  # rules (and sbatch --export=ALL) call `python`
-    return environ
-
-
 def set_resources_args(overrides: dict) -> list[str]:
     """The profile's set-resources with `overrides` applied, as `--set-resources` arguments.
 
@@ -101,13 +95,13 @@ def slurm_snakemake(workdir: Path, *args: str, timeout: int = 1200, resources: d
            "--group-components", f"shard_chain={SHARDS_PER_GROUP_JOB}",
            *set_resources_args(resources or LOCAL_CLUSTER)]  # args (targets) first: --set-resources takes a list
     log = open(workdir / "snakemake.out", "w")
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True, env=env(), cwd=workdir)
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True, env=pipeline_env(), cwd=workdir)
 
 
 def local_snakemake(workdir: Path, *args: str) -> None:
     proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(workdir),
                            "--profile", str(ROOT / "profiles" / "local"), *args],
-                          capture_output=True, text=True, env=env(), cwd=workdir)
+                          capture_output=True, text=True, env=pipeline_env(), cwd=workdir)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 

@@ -25,9 +25,16 @@ TINY = {
 }
 
 
+def pipeline_env(extra: dict | None = None, *, path_prefix: str = "") -> dict:
+    """This environment with the test interpreter's bin first on PATH: rules (and sbatch --export=ALL)
+    call `python`. `path_prefix` ("dir:") goes before it."""
+    environ = {**os.environ, **(extra or {})}
+    environ["PATH"] = f"{path_prefix}{Path(sys.executable).parent}:{environ['PATH']}"
+    return environ
+
+
 def snakemake(workdir: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    environ = {**os.environ, **(env or {})}
-    environ["PATH"] = f"{Path(sys.executable).parent}:{environ['PATH']}"  # rules call `python`
+    environ = pipeline_env(env)
     return subprocess.run(
         [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "-d", str(workdir),
          "--profile", str(ROOT / "profiles" / "local"), *args],
